@@ -1,0 +1,146 @@
+"""The public Python API. The CLI is a thin layer over these functions.
+
+    import depthprune as dp
+    report = dp.score("smollm2-135m", data="builtin", samples=64, seq_len=256)
+    result = dp.prune("smollm2-135m", ratio=0.25, data="builtin", eval_ppl="builtin:heldout")
+    result.save("out/smollm2-pruned")
+
+``model`` may be a spec string (demo alias, ``.gguf`` file, local dir, Hub id),
+a :class:`~depthprune.models.LoadedModel`, or an in-memory transformers model
+passed together with its ``tokenizer``. Calibration may be a data SPEC or a
+ready :class:`~depthprune.data.CalibrationSet` (e.g. from
+:func:`depthprune.data.from_tensors` for caller-chosen token ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .architectures import layout, num_layers
+from .data import CalibrationSet, build_calibration, validate_spec
+from .errors import DepthpruneError
+from .evaluation import PerplexityResult, perplexity
+from .export import save_pruned
+from .models import LoadedModel, load_model
+from .reports import PruneReport, ScoreReport
+from .scoring import layer_scores
+from .selection import ascending_order, removal_count, select_lowest
+from .surgery import parameter_count, pruned_copy, remove_layers
+
+log = logging.getLogger(__name__)
+
+
+def as_loaded(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """Normalise the ways a caller can name a model into a :class:`LoadedModel`."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), dtype=dtype, device=device)
+    if isinstance(model, nn.Module):
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        return LoadedModel(model, tokenizer, name, {"kind": "in-memory",
+                                                     "model_type": getattr(model.config, "model_type", None)})
+    raise DepthpruneError(f"cannot use a {type(model).__name__} as a model: give a spec string or a transformers model")
+
+
+def calibration_set(loaded: LoadedModel, data: str | CalibrationSet, *, samples: int = 128, seq_len: int = 512,
+                    seed: int = 0, text_field: str = "text", batch_size: int = 8,
+                    progress: bool = True) -> CalibrationSet:
+    if isinstance(data, CalibrationSet):
+        return data
+    if loaded.tokenizer is None:
+        raise DepthpruneError("a text data spec needs the tokenizer; pass tokenizer= or a CalibrationSet")
+    return build_calibration(data, loaded.tokenizer, samples=samples, seq_len=seq_len, seed=seed,
+                             text_field=text_field, model=loaded.model, batch_size=batch_size, progress=progress)
+
+
+def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metric: str = "bi",
+          samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
+          dtype: str = "float32", device: str = "cpu", progress: bool = True) -> ScoreReport:
+    """Importance score of every decoder layer (0-based, original numbering)."""
+    if isinstance(data, str):
+        validate_spec(data)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    layout(loaded.model)  # unsupported architecture: fail before any data work
+    calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
+                                  text_field=text_field, batch_size=batch_size, progress=progress)
+    results, tokens = layer_scores(loaded.model, calibration, [metric], batch_size=batch_size, progress=progress)
+    values = results[metric]
+    return ScoreReport(model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric,
+                       num_layers=len(values), scores=values, removal_order=ascending_order(values), tokens=tokens,
+                       calibration=dict(calibration.settings))
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (in memory), its tokenizer and the report describing it."""
+
+    model: nn.Module
+    tokenizer: object
+    report: PruneReport
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Save checkpoint, tokenizer, depthprune.json, model card and plot into ``out`` atomically."""
+        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite)
+
+
+def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
+                        max_tokens: int = 40_000, batch_size: int = 1, text_field: str = "text",
+                        dtype: str = "float32", device: str = "cpu", progress: bool = True) -> PerplexityResult:
+    """Perplexity of a model on a text SPEC (non-overlapping ``seq_len`` windows, ``max_tokens`` budget)."""
+    validate_spec(spec, allow_self=False)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    return perplexity(loaded.model, loaded.tokenizer, spec, seq_len=seq_len, max_tokens=max_tokens,
+                      batch_size=batch_size, text_field=text_field, progress=progress)
+
+
+def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | None = None,
+          data: str | CalibrationSet = "builtin", metric: str = "bi", scores: ScoreReport | None = None,
+          samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
+          protect_first: int = 0, protect_last: int = 0, eval_ppl: str | None = None, ppl_seq_len: int = 512,
+          ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", in_place: bool = False,
+          progress: bool = True) -> PruneResult:
+    """Score the layers (or reuse ``scores``), remove the least important ones, optionally measure perplexity.
+
+    With ``in_place=False`` (default) the given in-memory model is left untouched
+    and a pruned copy is returned; ``in_place=True`` saves the memory of a copy.
+    """
+    if isinstance(data, str) and scores is None:
+        validate_spec(data)
+    if eval_ppl is not None:
+        validate_spec(eval_ppl, allow_self=False)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    total = num_layers(loaded.model.config)
+    n = removal_count(total, remove=remove, ratio=ratio)
+    layout(loaded.model)
+    if scores is None:
+        scores = score(loaded, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
+                       seed=seed, text_field=text_field, progress=progress)
+    elif scores.num_layers != total:
+        raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
+    removed = select_lowest(scores.scores, n, protect_first=protect_first, protect_last=protect_last)
+
+    ppl: dict = {}
+
+    def measure(m) -> dict:
+        return perplexity(m, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
+                          progress=progress).to_json()
+
+    if eval_ppl is not None:
+        ppl["dense"] = measure(loaded.model)
+    params_before = parameter_count(loaded.model)
+    pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
+    if eval_ppl is not None:
+        ppl["pruned"] = measure(pruned)
+    report = PruneReport(
+        model=loaded.source, model_type=loaded.info.get("model_type"), metric=scores.metric, strategy="one-shot",
+        removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
+        num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
+        params_after=parameter_count(pruned), scores=list(scores.scores), calibration=dict(scores.calibration),
+        protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
+    )
+    return PruneResult(pruned, loaded.tokenizer, report)

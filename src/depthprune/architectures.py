@@ -1,0 +1,201 @@
+"""Where each model family keeps its decoder layers, and which config fields are per layer.
+
+One generic path covers almost every decoder-only model in transformers: the
+layers are the one ``nn.ModuleList`` whose length is the configured number of
+hidden layers, and any config list of that same length is a per-layer list.
+Families only add small overrides (a known attribute path, extra per-layer
+fields that are lists of layer *indices* rather than one entry per layer, or a
+reason why removing layers would change the math of the layers that stay).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from .errors import DepthpruneError
+
+log = logging.getLogger(__name__)
+
+# Attribute paths tried first, in order, from the *ForCausalLM object.
+COMMON_LAYER_PATHS = (
+    "model.layers",            # Llama, Mistral, Qwen2/3, Gemma2/3, Phi-3, Mixtral, ...
+    "model.decoder.layers",    # OPT
+    "transformer.h",           # GPT-2, Falcon, GPT-J, Bloom
+    "gpt_neox.layers",         # GPT-NeoX, Pythia
+    "model.language_model.layers",
+    "transformer.layers",
+    "backbone.layers",
+)
+
+# Config attributes that hold one entry per layer (shrunk with the layers).
+KNOWN_PER_LAYER_FIELDS = (
+    "layer_types",
+    "no_rope_layers",
+    "block_types",
+    "layers_block_type",
+    "attention_layers",
+    "moe_layers_enabled",
+)
+
+# Config attributes that hold a list of layer *indices* (renumbered, entries of
+# removed layers dropped).
+KNOWN_LAYER_INDEX_FIELDS = (
+    "mlp_only_layers",
+)
+
+
+def _gpt2_blocker(config) -> str | None:
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        return (
+            "this GPT-2 config sets scale_attn_by_inverse_layer_idx, which ties each layer's "
+            "attention scale to its position, so removing layers would change the layers that stay"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Small overrides for one ``config.model_type``."""
+
+    layers_path: str | None = None
+    per_layer_fields: tuple[str, ...] = ()
+    layer_index_fields: tuple[str, ...] = ()
+    blocker: Callable[[object], str | None] | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("model.layers"),
+    "mistral": Family("model.layers"),
+    "mixtral": Family("model.layers"),
+    "qwen2": Family("model.layers"),
+    "qwen3": Family("model.layers"),
+    "qwen2_moe": Family("model.layers", layer_index_fields=("mlp_only_layers",)),
+    "qwen3_moe": Family("model.layers", layer_index_fields=("mlp_only_layers",)),
+    "gemma": Family("model.layers"),
+    "gemma2": Family("model.layers"),
+    "gemma3_text": Family("model.layers"),
+    "phi3": Family("model.layers"),
+    "gpt2": Family("transformer.h", blocker=_gpt2_blocker),
+    "gpt_neox": Family("gpt_neox.layers"),
+    "opt": Family("model.decoder.layers"),
+    "falcon": Family("transformer.h"),
+}
+
+
+def _get_path(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _set_path(root: nn.Module, path: str, value) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = _get_path(root, parent_path) if parent_path else root
+    setattr(parent, name, value)
+
+
+def num_layers(config) -> int:
+    """The configured number of decoder layers (``num_hidden_layers`` or its alias)."""
+    for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise DepthpruneError(
+        f"unsupported architecture '{getattr(config, 'model_type', '?')}': its config has no "
+        "num_hidden_layers (or n_layer/num_layers) field"
+    )
+
+
+def set_num_layers(config, n: int) -> None:
+    """Set the layer count on every name the config knows it by."""
+    config.num_hidden_layers = n  # attribute_map routes this to n_layer etc.
+    for name in ("n_layer", "num_layers", "n_layers"):
+        if name in config.__dict__:
+            config.__dict__[name] = n
+
+
+@dataclass
+class LayerLayout:
+    """Where the decoder layers of one model live and how its config describes them."""
+
+    model_type: str
+    layers_path: str
+    per_layer_fields: list[str] = field(default_factory=list)
+    layer_index_fields: list[str] = field(default_factory=list)
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return _get_path(model, self.layers_path)
+
+    def replace_layers(self, model: nn.Module, new_layers: nn.ModuleList) -> None:
+        _set_path(model, self.layers_path, new_layers)
+
+
+def _find_layer_list(model: nn.Module, n: int, preferred: str | None) -> str | None:
+    for path in ((preferred,) if preferred else ()) + COMMON_LAYER_PATHS:
+        obj = _get_path(model, path)
+        if isinstance(obj, nn.ModuleList) and len(obj) == n:
+            return path
+    # Generic fallback: the unique ModuleList with exactly n entries, shallowest first.
+    candidates = [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n and name
+    ]
+    candidates.sort(key=lambda s: s.count("."))
+    if candidates:
+        if len(candidates) > 1:
+            log.info("several ModuleLists of length %d; using %s", n, candidates[0])
+        return candidates[0]
+    return None
+
+
+def layout(model: nn.Module) -> LayerLayout:
+    """Describe the decoder layers of ``model``; a clear error if they cannot be found."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    family = FAMILIES.get(model_type, Family())
+    if getattr(config, "is_encoder_decoder", False):
+        raise DepthpruneError(
+            f"unsupported architecture '{model_type}': depthprune removes layers from decoder-only "
+            "models, and this is an encoder-decoder model"
+        )
+    n = num_layers(config)
+    if family.blocker is not None:
+        reason = family.blocker(config)
+        if reason:
+            raise DepthpruneError(f"unsupported configuration of '{model_type}': {reason}")
+    path = _find_layer_list(model, n, family.layers_path)
+    if path is None:
+        raise DepthpruneError(
+            f"unsupported architecture '{model_type}': found no ModuleList of {n} decoder layers "
+            f"(looked at {', '.join(COMMON_LAYER_PATHS)} and every ModuleList in the model)"
+        )
+    per_layer, index_fields = _layer_fields(config, n, family)
+    return LayerLayout(model_type, path, per_layer, index_fields)
+
+
+def _layer_fields(config, n: int, family: Family) -> tuple[list[str], list[str]]:
+    index_fields = [f for f in KNOWN_LAYER_INDEX_FIELDS + family.layer_index_fields
+                    if isinstance(getattr(config, f, None), (list, tuple))]
+    per_layer = []
+    for name, value in config.__dict__.items():
+        if name.startswith("_") or name in index_fields:
+            continue
+        known = name in KNOWN_PER_LAYER_FIELDS + family.per_layer_fields
+        # Only lists named like per-layer data count: a token-id list that happens
+        # to have n entries (eos_token_id=[1, 106] on a 2-layer model) must not shrink.
+        if isinstance(value, (list, tuple)) and len(value) == n and (known or "layer" in name):
+            per_layer.append(name)
+    for name in KNOWN_PER_LAYER_FIELDS + family.per_layer_fields:
+        value = getattr(config, name, None)
+        if isinstance(value, (list, tuple)) and len(value) != n:
+            raise DepthpruneError(
+                f"inconsistent config: '{name}' has {len(value)} entries but the model has {n} layers"
+            )
+    return sorted(set(per_layer)), sorted(set(index_fields))

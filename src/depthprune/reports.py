@@ -1,0 +1,61 @@
+"""Result records (plain dataclasses with ``to_json``) and library versions."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+
+
+def library_versions() -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"depthprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class ScoreReport:
+    """Per-layer importance scores. Layer indices are 0-based, original numbering."""
+
+    model: str
+    model_type: str | None
+    metric: str
+    num_layers: int
+    scores: list[float]
+    removal_order: list[int]
+    tokens: int
+    calibration: dict
+    versions: dict = field(default_factory=library_versions)
+    indexing: str = "0-based, original numbering"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PruneReport:
+    """What was removed and what it cost. Layer indices are 0-based, original numbering."""
+
+    model: str
+    model_type: str | None
+    metric: str
+    strategy: str
+    removed_layers: list[int]
+    kept_layers: list[int]
+    num_layers_before: int
+    num_layers_after: int
+    params_before: int
+    params_after: int
+    scores: list[float]
+    calibration: dict
+    protect_first: int = 0
+    protect_last: int = 0
+    perplexity: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=library_versions)
+    indexing: str = "0-based, original numbering"
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,106 @@
+"""Removing decoder layers from a model so that it stays consistent.
+
+After removal: the ModuleList holds only the kept layers, every ``layer_idx``
+inside them is renumbered 0..k-1 (the KV cache is indexed by it), the config's
+layer count and every per-layer config list shrink with the layers, and lists of
+layer indices are renumbered. The result saves with ``save_pretrained`` and
+reloads with plain ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Sequence
+
+from torch import nn
+
+from .architectures import layout, num_layers, set_num_layers
+from .errors import DepthpruneError
+
+
+def validate_layer_indices(layers: Iterable[int], total: int) -> list[int]:
+    """Sorted unique 0-based indices; a clear error for out-of-range or removing everything."""
+    chosen = sorted(set(int(i) for i in layers))
+    if not chosen:
+        raise DepthpruneError("no layers to remove: give at least one 0-based layer index")
+    bad = [i for i in chosen if i < 0 or i >= total]
+    if bad:
+        raise DepthpruneError(f"layer index {bad[0]} is out of range: the model has layers 0..{total - 1}")
+    if len(chosen) >= total:
+        raise DepthpruneError(f"cannot remove all {total} layers: at least one must stay")
+    return chosen
+
+
+def remove_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """Remove ``layers`` (0-based, current numbering) from ``model`` in place and return it."""
+    lay = layout(model)
+    config = model.config
+    total = num_layers(config)
+    removed = validate_layer_indices(layers, total)
+    gone = set(removed)
+    keep = [i for i in range(total) if i not in gone]
+    old = lay.layers(model)
+    lay.replace_layers(model, nn.ModuleList([old[i] for i in keep]))
+
+    for new_idx, layer in enumerate(lay.layers(model)):
+        _renumber(layer, new_idx)
+
+    for name in lay.per_layer_fields:
+        values = getattr(config, name)
+        setattr(config, name, type(values)(values[i] for i in keep))
+    remap = {old_i: new_i for new_i, old_i in enumerate(keep)}
+    for name in lay.layer_index_fields:
+        values = getattr(config, name)
+        setattr(config, name, [remap[i] for i in values if i in remap])
+    _shrink_window_threshold(config, keep)
+    set_num_layers(config, len(keep))
+    _refresh_cached_flags(model, config)
+    return model
+
+
+def pruned_copy(model: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """A deep copy of ``model`` with ``layers`` removed; the original is untouched."""
+    return remove_layers(copy.deepcopy(model), layers)
+
+
+def _renumber(layer: nn.Module, new_idx: int) -> None:
+    for module in layer.modules():
+        if isinstance(getattr(module, "layer_idx", None), int):
+            module.layer_idx = new_idx
+        if isinstance(getattr(module, "layer_id", None), int):
+            module.layer_id = new_idx
+
+
+def _shrink_window_threshold(config, keep: list[int]) -> None:
+    # Qwen2-style: layers with index >= max_window_layers use sliding windows.
+    threshold = getattr(config, "max_window_layers", None)
+    if isinstance(threshold, int):
+        config.max_window_layers = sum(1 for i in keep if i < threshold)
+
+
+def _refresh_cached_flags(model: nn.Module, config) -> None:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return
+    for module in model.modules():
+        if hasattr(module, "has_sliding_layers"):
+            module.has_sliding_layers = "sliding_attention" in layer_types
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def check_removable(model: nn.Module) -> None:
+    """Raise the clear unsupported-architecture error early, before any heavy work."""
+    layout(model)
+
+
+__all__ = ["remove_layers", "pruned_copy", "parameter_count", "validate_layer_indices", "check_removable"]
