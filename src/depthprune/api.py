@@ -28,7 +28,7 @@ from .export import save_pruned
 from .models import LoadedModel, load_model
 from .reports import PruneReport, ScoreReport
 from .scoring import layer_scores
-from .selection import ascending_order, removal_count, select_lowest
+from .selection import ascending_order, check_removal_request, removal_count, select_lowest
 from .surgery import parameter_count, pruned_copy, remove_layers
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     With ``in_place=False`` (default) the given in-memory model is left untouched
     and a pruned copy is returned; ``in_place=True`` saves the memory of a copy.
     """
+    check_removal_request(remove, ratio)
     if isinstance(data, str) and scores is None:
         validate_spec(data)
     if eval_ppl is not None:

@@ -38,6 +38,10 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
     STATE["debug"] = debug
     STATE["progress"] = not quiet
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

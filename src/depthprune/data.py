@@ -109,14 +109,13 @@ def from_tensors(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
 def _builtin_texts(part: str) -> list[str]:
     from pydoc_data.topics import topics
 
-    keys = sorted(topics)
+    # Several topic keys share one text: dedupe (first key in sorted order wins) before splitting.
+    unique = list(dict.fromkeys(topics[k] for k in sorted(topics)))
     if part in ("", "calib"):
-        chosen = keys[0::2]
-    elif part == "heldout":
-        chosen = keys[1::2]
-    else:
-        raise DepthpruneError(f"unknown builtin text '{part}': use builtin, builtin:calib or builtin:heldout")
-    return [topics[k] for k in chosen]
+        return unique[0::2]
+    if part == "heldout":
+        return unique[1::2]
+    raise DepthpruneError(f"unknown builtin text '{part}': use builtin, builtin:calib or builtin:heldout")
 
 
 def strip_gutenberg(text: str) -> str:

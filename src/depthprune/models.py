@@ -112,11 +112,26 @@ def _from_pretrained(target: str, dtype: torch.dtype, device: str, **kwargs):
         model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **device_kwargs, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Unrecognized configuration class" in first:
+            model_type = _model_type_of(target, kwargs)
+            raise DepthpruneError(
+                f"unsupported architecture '{model_type}': transformers has no causal-LM (decoder-only) "
+                "class for it, and depthprune prunes decoder-only models"
+            ) from None
         raise DepthpruneError(f"could not load model '{target}': {first}") from None
     if device not in ("auto", "cpu"):
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _model_type_of(target: str, kwargs: dict) -> str:
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(target, **kwargs).model_type
+    except Exception:  # only used to word an error message
+        return "unknown"
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, device: str):

@@ -8,13 +8,20 @@ from typing import Sequence
 from .errors import DepthpruneError
 
 
-def removal_count(num_layers: int, *, remove: int | None = None, ratio: float | None = None) -> int:
-    """How many layers to remove from ``--remove N`` or ``--ratio R`` (floor of R x layers)."""
+def check_removal_request(remove: int | None = None, ratio: float | None = None) -> None:
+    """The checks that need no model: fail before loading anything."""
     if (remove is None) == (ratio is None):
         raise DepthpruneError("give exactly one of --remove N or --ratio R")
+    if ratio is not None and (not (0.0 < ratio < 1.0) or math.isnan(ratio)):
+        raise DepthpruneError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if remove is not None and remove < 1:
+        raise DepthpruneError(f"--remove must be at least 1, got {remove}")
+
+
+def removal_count(num_layers: int, *, remove: int | None = None, ratio: float | None = None) -> int:
+    """How many layers to remove from ``--remove N`` or ``--ratio R`` (floor of R x layers)."""
+    check_removal_request(remove, ratio)
     if ratio is not None:
-        if not (0.0 < ratio < 1.0) or math.isnan(ratio):
-            raise DepthpruneError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
         n = math.floor(ratio * num_layers)
         if n < 1:
             raise DepthpruneError(

