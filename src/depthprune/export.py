@@ -63,19 +63,7 @@ def _normal_permissions(root: Path) -> None:
 
 def write_json_atomic(path: Path | str, data: dict) -> Path:
     """Write JSON to a temp file beside ``path``, then rename it into place."""
-    path = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def write_file_atomic(path: Path | str, writer) -> Path:
