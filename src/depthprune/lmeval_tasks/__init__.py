@@ -16,6 +16,7 @@ Offline tasks are registered under their own names (``hellaswag_local``,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -78,6 +79,19 @@ _MARKER = ".depthprune_generated"
 _LOADER_MODULE = "loaders.py"
 
 _INSTALL_HINT = "install the eval extra: pip install 'depthprune[eval]'"
+
+
+class _QuietCustomDatasetNotice(logging.Filter):
+    """Drop lm-eval's per-task "Custom kwargs can be passed to `--metadata`"
+    notice for our own ``*_local`` tasks (it is printed once per MMLU/CMMLU
+    subject and says nothing useful here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("_local" in msg and "Custom kwargs can be passed" in msg)
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNotice())
 
 
 class LmEvalNotInstalledError(ImportError):
