@@ -110,6 +110,23 @@ def _require_lm_eval():
     return lm_eval
 
 
+def _check_custom_dataset_support(lm_eval) -> None:
+    """The offline configs need lm-eval's ``custom_dataset`` task option."""
+    import dataclasses
+
+    try:
+        from lm_eval.api.task import TaskConfig
+
+        names = {f.name for f in dataclasses.fields(TaskConfig)}
+    except Exception:  # pragma: no cover - unknown layout: let lm-eval decide
+        return
+    if "custom_dataset" not in names:  # pragma: no cover - old lm-eval
+        raise LmEvalNotInstalledError(
+            f"lm-eval {getattr(lm_eval, '__version__', '?')} is too old for the offline "
+            "task configs (no `custom_dataset` task option); upgrade it: pip install -U lm-eval"
+        )
+
+
 def _configs_root():
     return resources.files(__package__).joinpath("configs")
 
@@ -379,6 +396,7 @@ def run_lm_eval(
     data_root: Path | None = None
     try:
         if data_dir is not None:
+            _check_custom_dataset_support(lm_eval)
             data_root = Path(data_dir).expanduser().resolve()
             tmp = tempfile.TemporaryDirectory(prefix="depthprune-lmeval-")
             include_path, lm_names = prepare_offline_tasks(data_root, names, tmp.name)
