@@ -409,7 +409,7 @@ def test_run_lm_eval_group_and_fewshot(tiny_model_and_tokenizer):
     assert res["lm_eval_task"] == "mmlu_local"
     assert res["n_samples"] == {"original": 14042, "effective": 57}
     assert 0.0 <= res["metrics"]["acc"] <= 1.0
-    assert out["num_fewshot"] == 1
+    assert out["num_fewshot"] == 1 and res["num_fewshot"] == 1
     assert res["source"]["data_files"][0].endswith("_test.csv")
     # per-sample logs are kept (and serialisable) when asked for
     sample = out["samples"]["mmlu_local_abstract_algebra"][0]

@@ -338,7 +338,9 @@ def _n_samples(name: str, raw: dict[str, Any]) -> dict[str, int]:
 
 def _source(task: str, lm_name: str, data_root: Path | None, raw: dict[str, Any]) -> dict[str, Any]:
     if data_root is None:
-        cfg = raw.get("configs", {}).get(lm_name, {})
+        configs = raw.get("configs", {})
+        leaf = _leaf_tasks(lm_name, raw.get("group_subtasks", {}))[0]
+        cfg = configs.get(lm_name) or configs.get(leaf) or {}
         return {
             "kind": "lm_eval_builtin",
             "task": lm_name,
@@ -426,7 +428,9 @@ def run_lm_eval(
     per_task: dict[str, Any] = {}
     for name, lm_name in zip(names, lm_names):
         ok, version = _jsonable(raw.get("versions", {}).get(lm_name))
-        ok2, shots = _jsonable(raw.get("n-shot", {}).get(lm_name))
+        n_shot = raw.get("n-shot", {})
+        leaf = _leaf_tasks(lm_name, raw.get("group_subtasks", {}))[0]
+        ok2, shots = _jsonable(n_shot.get(lm_name, n_shot.get(leaf)))
         per_task[name] = {
             "lm_eval_task": lm_name,
             "metrics": _metrics(results.get(lm_name, {})),
