@@ -51,3 +51,62 @@ def perplexity(model, tokenizer, spec: str, *, seq_len: int = 512, max_tokens: i
     windows = sequential_windows(tokenizer, iter_texts(spec, text_field=text_field), seq_len=seq_len,
                                  max_tokens=max_tokens, source=spec)
     return perplexity_on(model, windows, batch_size=batch_size, progress=progress)
+
+
+def parse_tasks(tasks: str | list[str]) -> list[str]:
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not names:
+        from .errors import DepthpruneError
+
+        raise DepthpruneError("no task given: pass --tasks with at least one name, e.g. --tasks hellaswag,piqa")
+    return names
+
+
+def check_tasks(tasks: str | list[str], data_dir: str | None = None) -> list[str]:
+    """Fail fast (before loading a model) on unknown task names or missing local data files."""
+    from .errors import DepthpruneError
+
+    names = parse_tasks(tasks)
+    if data_dir is None:
+        return names
+    from pathlib import Path
+
+    from .lmeval_tasks import SUPPORTED_TASKS, required_files
+
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DepthpruneError(f"--data-dir {root} does not exist or is not a directory")
+    for name in names:
+        if name not in SUPPORTED_TASKS:
+            raise DepthpruneError(f"unknown task '{name}': offline tasks are {', '.join(SUPPORTED_TASKS)}")
+        for rel in required_files(name):
+            if not (root / rel).exists():
+                raise DepthpruneError(f"task '{name}' needs {root / rel}, which does not exist (see docs/lmeval-tasks.md)")
+    return names
+
+
+def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, data_dir: str | None = None,
+                   limit: int | float | None = None, num_fewshot: int | None = None, batch_size: int = 1,
+                   device: str | None = None, model_name: str | None = None, role: str | None = None,
+                   command: str | None = None, bootstrap_iters: int = 1000) -> dict:
+    """Task accuracy through lm-evaluation-harness (its standard prompts and metrics).
+
+    With ``data_dir`` the bundled offline task configs read local copies of the
+    data (layout of ``docs/lmeval-tasks.md``); without it lm-eval fetches its
+    datasets as usual. Returns a JSON-serialisable dict (the shape that
+    ``depthprune report`` reads from ``eval/*.json``), tagged with ``role``
+    (dense/pruned), ``model`` and ``command``.
+    """
+    from .errors import DepthpruneError
+
+    names = check_tasks(tasks, data_dir)
+    try:
+        from .lmeval_tasks import run_lm_eval
+
+        result = run_lm_eval(model, tokenizer, names, data_dir=data_dir, limit=limit, num_fewshot=num_fewshot,
+                             batch_size=batch_size, device=device, bootstrap_iters=bootstrap_iters)
+    except ImportError as exc:
+        raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
+    except ValueError as exc:
+        raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
+    return {"role": role, "model": model_name, "command": command, **result}
