@@ -233,6 +233,15 @@ def bench(model: str = ModelArg,
         console.print(f"wrote {json_out}")
 
 
+@app.command()
+def report(directory: Path = typer.Argument(..., help="Output directory of `depthprune prune` (reads depthprune.json, eval/*.json, bench.json).")) -> None:
+    """Write report.md and a self-contained report.html for a pruned model directory; refresh its README.md."""
+    from .report import write_report
+
+    paths = write_report(directory)
+    console.print(f"wrote {paths.markdown}, {paths.html} and refreshed {paths.model_card}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
