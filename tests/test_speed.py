@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -102,12 +103,15 @@ def test_bench_cli_single_and_compare(tmp_path):
     _check_result(one, 6, 3)
     assert one["command"].startswith("depthprune -q bench ")
 
-    proc = run_cli("bench", str(pruned), "--compare", dense, *common, "--json", str(tmp_path / "cmp.json"))
+    proc = run_cli("bench", str(pruned), "--compare", dense, *common, "--threads", "1",
+                   "--json", str(tmp_path / "cmp.json"))
     assert proc.returncode == 0, proc.stderr
     assert "time ratio" in proc.stdout and "ideal (FLOPs)" in proc.stdout
     cmp = json.loads((tmp_path / "cmp.json").read_text())
     _check_result(cmp["baseline"], 6, 3)
     _check_result(cmp["candidate"], 4, 3)
+    assert cmp["baseline"]["environment"]["torch_threads"] == 1
+    assert cmp["labels"] == ["dense", "pruned"] and cmp["command"].startswith("depthprune -q bench ")
     ratios = cmp["ratios"]
     assert ratios["layers_ratio"] == pytest.approx(4 / 6)
     assert 0 < ratios["params_ratio"] < 1 and ratios["peak_memory_ratio"] > 0
@@ -116,6 +120,10 @@ def test_bench_cli_single_and_compare(tmp_path):
     for key, row in ratios["workloads"].items():
         assert {"time_ratio", "ideal_flop_ratio", "speedup", "ideal_speedup", "memory_ratio"} <= set(row)
         assert row["time_ratio"] > 0 and row["speedup"] == pytest.approx(1 / row["time_ratio"])
+        base_times = next(w for w in cmp["baseline"]["workloads"] if w["key"] == key)["times_s"]
+        cand_times = next(w for w in cmp["candidate"]["workloads"] if w["key"] == key)["times_s"]
+        paired = [c / b for b, c in zip(base_times, cand_times)]
+        assert row["time_ratio"] == pytest.approx(statistics.median(paired))
         if row["kind"] == "prefill":
             expected = flops.prefill_flops(small, row["seq_len"]) / flops.prefill_flops(config, row["seq_len"])
         else:
@@ -128,12 +136,14 @@ def test_prune_bench_writes_bench_json_and_command(tmp_path):
     dense = tiny_checkpoint(tmp_path / "dense", num_layers=4)
     out = tmp_path / "out"
     proc = run_cli("prune", dense, "--remove", "1", "--samples", "4", "--seq-len", "16", "--out", str(out),
-                   "--bench", "--bench-seq-lens", "8", "--bench-decode-tokens", "3", "--bench-repeats", "2")
+                   "--bench", "--bench-seq-lens", "8", "--bench-decode-tokens", "3", "--bench-repeats", "2",
+                   "--bench-threads", "1")
     assert proc.returncode == 0, proc.stderr
     bench = json.loads((out / "bench.json").read_text())
     assert bench["labels"] == ["dense", "pruned"]
     assert bench["baseline"]["num_layers"] == 4 and bench["candidate"]["num_layers"] == 3
     assert set(bench["ratios"]["workloads"]) == {"prefill@8", "decode@128+3"}
+    assert bench["candidate"]["environment"]["torch_threads"] == 1
     meta = json.loads((out / "depthprune.json").read_text())
     assert meta["command"].startswith("depthprune -q prune ") and "--bench" in meta["command"]
     card = (out / "README.md").read_text()

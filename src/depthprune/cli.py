@@ -108,6 +108,7 @@ def prune(model: str = ModelArg,
           bench_seq_lens: str = typer.Option("128,512", "--bench-seq-lens", help="Prefill lengths for --bench."),
           bench_decode_tokens: int = typer.Option(32, "--bench-decode-tokens", help="Decode steps for --bench."),
           bench_repeats: int = typer.Option(5, "--bench-repeats", help="Timed repetitions per model for --bench."),
+          bench_threads: Optional[int] = typer.Option(None, "--bench-threads", help="torch CPU threads for --bench (default: torch's)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
     from .api import prune as api_prune
@@ -118,7 +119,7 @@ def prune(model: str = ModelArg,
     if remove is None and ratio is None:
         raise DepthpruneError("give --remove N or --ratio R")
     bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
-                     "repeats": bench_repeats}
+                     "repeats": bench_repeats, "threads": bench_threads}
     result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, samples=samples,
                        seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field,
                        protect_first=protect_first, protect_last=protect_last, eval_ppl=eval_ppl,
@@ -205,6 +206,7 @@ def bench(model: str = ModelArg,
           repeats: int = typer.Option(5, "--repeats", help="Timed repetitions per model and workload (median reported)."),
           warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up runs per model and workload."),
           labels: str = typer.Option("dense,pruned", "--labels", help="Names for BASELINE,MODEL in tables."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch during the measurement (default: torch's)."),
           dtype: str = DtypeOpt, device: str = DeviceOpt,
           json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here (e.g. PRUNED_DIR/bench.json for `report`).")) -> None:
     """Prefill/decode throughput, peak memory and size of a model, optionally side by side with a baseline."""
@@ -215,7 +217,8 @@ def bench(model: str = ModelArg,
     if json_out is not None and not json_out.expanduser().parent.exists():
         raise DepthpruneError(f"directory {json_out.parent} for --json does not exist")
     options = dict(seq_lens=lens, prompt_len=prompt_len, decode_tokens=decode_tokens, batch_size=batch_size,
-                   repeats=repeats, warmup=warmup, dtype=dtype, device=device, progress=_progress())
+                   repeats=repeats, warmup=warmup, dtype=dtype, device=device, threads=threads,
+                   progress=_progress())
     if compare_with is None:
         data = benchmark(model, **options).to_json()
         data["command"] = command_line()

@@ -186,8 +186,8 @@ def _versions_table(inputs: ReportInputs) -> Table:
 
 def _commands(inputs: ReportInputs) -> list[tuple[str, str]]:
     cmd, reconstructed = reproduce_command(inputs.prune)
-    out = [("prune" + (" (reconstructed from depthprune.json: made through the Python API)" if reconstructed else ""),
-            cmd)]
+    note = " (equivalent command reconstructed from depthprune.json, which records none)" if reconstructed else ""
+    out = [("prune" + note, cmd)]
     for c in inputs.eval_commands:
         out.append(("task evaluation", c))
     if inputs.bench and inputs.bench.get("command") and inputs.bench["command"] != cmd:

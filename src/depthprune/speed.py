@@ -18,7 +18,10 @@ What is measured (``benchmark`` / ``compare``):
 ``compare`` runs warmups, then repetitions interleaved baseline/candidate, alternating
 which goes first (A B, B A, A B, ...) so slow drifts of a noisy machine hit both alike,
 and reports medians. Ratios are candidate / baseline: for time and FLOPs lower is
-better; ``speedup`` is the inverse of the time ratio.
+better; ``speedup`` is the inverse of the time ratio. The time ratio is the median of
+the *paired* ratios (repetition i of the candidate over repetition i of the baseline,
+run back to back), which cancels load changes on a shared machine that would skew a
+ratio of two medians (that one is kept too, as ``ratio_of_median_times``).
 """
 
 from __future__ import annotations
@@ -132,12 +135,14 @@ class BenchComparison:
         rows = {}
         for wb in b.workloads:
             wc = c.workload(wb.key)
-            time_ratio = _ratio(wc.median_s, wb.median_s)
+            paired = [c_s / b_s for b_s, c_s in zip(wb.times_s, wc.times_s) if b_s > 0]
+            time_ratio = statistics.median(paired) if paired else None
             flop_ratio = _ratio(wc.flops, wb.flops)
             rows[wb.key] = {
                 "kind": wb.kind, "seq_len": wb.seq_len, "new_tokens": wb.new_tokens,
                 "baseline_tokens_per_s": wb.tokens_per_s, "candidate_tokens_per_s": wc.tokens_per_s,
-                "time_ratio": time_ratio, "ideal_flop_ratio": flop_ratio,
+                "time_ratio": time_ratio, "paired_time_ratios": paired,
+                "ratio_of_median_times": _ratio(wc.median_s, wb.median_s), "ideal_flop_ratio": flop_ratio,
                 "speedup": _ratio(1.0, time_ratio), "ideal_speedup": _ratio(1.0, flop_ratio),
                 "memory_ratio": _ratio(wc.peak_memory_bytes, wb.peak_memory_bytes),
             }
@@ -151,7 +156,8 @@ class BenchComparison:
 
     def to_json(self) -> dict:
         return {"kind": "depthprune.bench-comparison", "labels": list(self.labels),
-                "ratio_definition": "candidate / baseline (time and FLOPs: lower is better; speedup = 1/time_ratio)",
+                "ratio_definition": "candidate / baseline (time and FLOPs: lower is better; speedup = 1/time_ratio; "
+                                    "time_ratio = median of paired back-to-back repetition ratios)",
                 "command": self.command, "baseline": self.baseline.to_json(), "candidate": self.candidate.to_json(),
                 "ratios": self.ratios()}
 
@@ -409,11 +415,31 @@ def _settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup, 
             "decode": "greedy, KV cache, fixed number of steps (no EOS stop)"}
 
 
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` CPU threads (None: leave torch's setting), restoring it afterwards."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise DepthpruneError("--threads must be at least 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def benchmark(model, tokenizer=None, *, name: str | None = None, seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
               prompt_len: int = 128, decode_tokens: int = 32, batch_size: int = 1, repeats: int = 5,
               warmup: int = 1, seed: int = 0, dtype: str = "float32", device: str = "cpu",
-              progress: bool = False) -> BenchResult:
-    """Prefill and decode throughput, peak memory and size of one model (see the module docstring)."""
+              threads: int | None = None, progress: bool = False) -> BenchResult:
+    """Prefill and decode throughput, peak memory and size of one model (see the module docstring).
+
+    ``threads`` sets torch's CPU thread count for the run (on a loaded machine, fewer threads
+    than cores give far steadier numbers).
+    """
     from .api import as_loaded
 
     _check_settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup)
@@ -421,17 +447,18 @@ def benchmark(model, tokenizer=None, *, name: str | None = None, seq_lens: Seque
     dev = input_device(loaded.model)
     method = memory_method(dev)
     m = _prepare(name or loaded.source, loaded.model, seq_lens, prompt_len, decode_tokens, batch_size, method, seed)
-    _measure([m], repeats=repeats, warmup=warmup, progress=progress)
-    settings = _settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup, seed,
-                         bool(m.runner.last_only))
-    return _result(m, settings, method)
+    with _threads(threads):
+        _measure([m], repeats=repeats, warmup=warmup, progress=progress)
+        settings = _settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup, seed,
+                             bool(m.runner.last_only))
+        return _result(m, settings, method)
 
 
 def compare(baseline, candidate, tokenizer=None, *, labels: tuple[str, str] = ("dense", "pruned"),
             names: tuple[str | None, str | None] = (None, None), seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
             prompt_len: int = 128, decode_tokens: int = 32, batch_size: int = 1, repeats: int = 5,
             warmup: int = 1, seed: int = 0, dtype: str = "float32", device: str = "cpu",
-            progress: bool = False) -> BenchComparison:
+            threads: int | None = None, progress: bool = False) -> BenchComparison:
     """Measure ``candidate`` and ``baseline`` side by side in one run (interleaved); ratios are candidate/baseline.
 
     Both may be spec strings, :class:`~depthprune.models.LoadedModel` or in-memory models;
@@ -450,10 +477,11 @@ def compare(baseline, candidate, tokenizer=None, *, labels: tuple[str, str] = ("
     mb = _prepare(names[1] or b.source, b.model, seq_lens, prompt_len, decode_tokens, batch_size, method, seed)
     if ma.runner.vocab != mb.runner.vocab:
         log.warning("the two models have different vocabularies (%d vs %d)", ma.runner.vocab, mb.runner.vocab)
-    _measure([ma, mb], repeats=repeats, warmup=warmup, progress=progress)
-    settings = _settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup, seed,
-                         bool(ma.runner.last_only))
-    return BenchComparison(_result(ma, settings, method), _result(mb, settings, method), labels=tuple(labels))
+    with _threads(threads):
+        _measure([ma, mb], repeats=repeats, warmup=warmup, progress=progress)
+        settings = _settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup, seed,
+                             bool(ma.runner.last_only))
+        return BenchComparison(_result(ma, settings, method), _result(mb, settings, method), labels=tuple(labels))
 
 
 def parse_seq_lens(text: str) -> list[int]:

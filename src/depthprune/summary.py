@@ -165,8 +165,9 @@ def speed_table(bench: dict | None) -> Table | None:
     env = base.get("environment", {})
     where = env.get("gpu") or f"{env.get('cpu_count', '?')} CPU cores, {env.get('torch_threads', '?')} torch threads"
     notes = [f"Tokens/s (median of {settings.get('repeats', '?')} interleaved runs, batch {settings.get('batch_size', '?')}, "
-             f"{base.get('dtype', '?')} on {base.get('device', '?')}, {where}). Time ratio = pruned/dense seconds "
-             "(lower is faster); ideal = pruned/dense analytic FLOPs (for memory: the parameter ratio). "
+             f"{base.get('dtype', '?')} on {base.get('device', '?')}, {where}). Time ratio = pruned/dense seconds, "
+             "median over back-to-back pairs of runs (lower is faster); "
+             "ideal = pruned/dense analytic FLOPs (for memory: the parameter ratio). "
              f"Memory: {base.get('memory_method', '?')}."]
     a, b = (bench.get("labels") or ["dense", "pruned"])[:2]
     return Table("Speed", ["workload", f"{a} tok/s", f"{b} tok/s", "time ratio", "ideal (FLOPs)"], rows, notes)
