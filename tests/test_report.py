@@ -151,12 +151,15 @@ def test_report_html_renders_in_headless_chromium(pruned_dir, tmp_path):
     pixels = np.asarray(image, dtype=np.int32).reshape(-1, 3)
     non_white = float((pixels.min(axis=1) < 235).mean())
     colours = len(np.unique(pixels, axis=0))
-    assert non_white > 0.05, f"only {non_white:.1%} of the page is not white"
+    assert non_white > 0.08, f"only {non_white:.1%} of the page is not white"
     assert colours > 200, f"only {colours} distinct colours"
 
     def near(target, tol=12):
         return int((np.abs(pixels - np.array(target)).max(axis=1) <= tol).sum())
 
-    # the plots drew: the red (removed / pruned) and blue (kept / dense) bars are on the page
-    assert near((0xD6, 0x27, 0x28)) > 2000, "no red bars: plots missing"
-    assert near((0x1F, 0x77, 0xB4)) > 2000, "no blue bars: plots missing"
+    # the plots drew: red (removed / pruned), blue (kept / dense) and green (measured speedup) bars are on the
+    # page. A page whose images fail to decode has only text in those colours (measured: ~60 red, ~2200 blue
+    # pixels from the heading rule, 0 green; with the plots: ~70k red, ~130k blue, ~40k green).
+    assert near((0xD6, 0x27, 0x28)) > 10_000, "no red bars: plots missing"
+    assert near((0x1F, 0x77, 0xB4)) > 20_000, "no blue bars: plots missing"
+    assert near((0x2C, 0xA0, 0x2C)) > 5_000, "no green bars: speed plot missing"

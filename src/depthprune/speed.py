@@ -314,9 +314,9 @@ class _Runner:
 
 
 def _workloads(config, seq_lens: Sequence[int], prompt_len: int, decode_tokens: int,
-               batch_size: int) -> list[Workload]:
+               batch_size: int, logits: str = "last") -> list[Workload]:
     out = [Workload("prefill", t, 0, batch_size, batch_size * t,
-                    flops=batch_size * flops_mod.prefill_flops(config, t, logits="last")) for t in seq_lens]
+                    flops=batch_size * flops_mod.prefill_flops(config, t, logits=logits)) for t in seq_lens]
     if decode_tokens > 0:
         out.append(Workload("decode", prompt_len, decode_tokens, batch_size, batch_size * decode_tokens,
                             flops=batch_size * flops_mod.decode_flops(config, prompt_len, decode_tokens)))
@@ -362,8 +362,10 @@ def _prepare(name: str, model, seq_lens, prompt_len, decode_tokens, batch_size, 
         raise DepthpruneError(f"{name} handles at most {limit} positions but the benchmark needs {longest}; "
                               "use shorter --seq-lens / --decode-tokens")
     model.eval()
-    return _Model(name, model, _Runner(model, device, method, seed),
-                  _workloads(model.config, seq_lens, prompt_len, decode_tokens, batch_size))
+    runner = _Runner(model, device, method, seed)
+    logits = "last" if runner.last_only else "all"  # models without logits_to_keep compute every position's
+    return _Model(name, model, runner, _workloads(model.config, seq_lens, prompt_len, decode_tokens, batch_size,
+                                                  logits))
 
 
 def _result(m: _Model, settings: dict, method: str) -> BenchResult:
@@ -386,7 +388,7 @@ def _measure(models: list[_Model], *, repeats: int, warmup: int, progress: bool)
     keys = [w.key for w in models[0].workloads]
     total = len(keys) * len(models) * (warmup + repeats + 1)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress)
-    for index, key in enumerate(keys):
+    for key in keys:
         for m in models:
             w = next(x for x in m.workloads if x.key == key)
             for _ in range(warmup):

@@ -151,7 +151,7 @@ def speed_table(bench: dict | None) -> Table | None:
     ratios = bench["ratios"]
     base, cand = bench["baseline"], bench["candidate"]
     rows = []
-    for key, r in ratios["workloads"].items():
+    for r in ratios["workloads"].values():
         if r["kind"] == "prefill":
             label = f"prefill {r['seq_len']} tokens"
         else:
