@@ -311,7 +311,8 @@ def render_html(inputs: ReportInputs, images: dict[str, Path]) -> str:
     removed = ", ".join(str(i) for i in prune["removed_layers"])
     parts = [f"<h1>{esc(_title(prune))}</h1>",
              f"<p>Removed layers (0-based, original numbering): <span class='removed'>{esc(removed)}</span>.</p>",
-             "<h2>What was removed and why</h2>", f"<p>{esc(_why(prune))}</p>", img("scores", "layer scores"),
+             "<h2>What was removed and why</h2>", f"<p>{esc(_why(prune).replace('`', ''))}</p>",
+             img("scores", "layer scores"),
              _removed_table(prune).to_html(),
              "<h2>Quality</h2>", quality_table(prune, inputs.evals).to_html(), img("quality", "quality")]
     if inputs.evals is None:
