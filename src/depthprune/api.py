@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -30,6 +31,9 @@ from .reports import PruneReport, ScoreReport
 from .scoring import layer_scores
 from .selection import ascending_order, check_removal_request, removal_count, select_lowest
 from .surgery import parameter_count, pruned_copy, remove_layers
+
+if TYPE_CHECKING:
+    from .speed import BenchComparison
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +86,12 @@ class PruneResult:
     model: nn.Module
     tokenizer: object
     report: PruneReport
+    bench: BenchComparison | None = None  # dense vs pruned speed, when prune(bench=True)
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Save checkpoint, tokenizer, depthprune.json, model card and plot into ``out`` atomically."""
-        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite)
+        """Save checkpoint, tokenizer, depthprune.json, model card, plot (and bench.json) into ``out`` atomically."""
+        bench = self.bench.to_json() if self.bench is not None else None
+        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench)
 
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
@@ -103,11 +109,15 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
           protect_first: int = 0, protect_last: int = 0, eval_ppl: str | None = None, ppl_seq_len: int = 512,
           ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", in_place: bool = False,
+          bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           progress: bool = True) -> PruneResult:
     """Score the layers (or reuse ``scores``), remove the least important ones, optionally measure perplexity.
 
     With ``in_place=False`` (default) the given in-memory model is left untouched
     and a pruned copy is returned; ``in_place=True`` saves the memory of a copy.
+    ``bench=True`` measures dense and pruned speed side by side
+    (:func:`depthprune.speed.compare` with ``bench_options``) and keeps a copy for it
+    even when ``in_place``. ``command`` is recorded in the report (the CLI passes its command line).
     """
     check_removal_request(remove, ratio)
     if isinstance(data, str) and scores is None:
@@ -134,6 +144,8 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     if eval_ppl is not None:
         ppl["dense"] = measure(loaded.model)
     params_before = parameter_count(loaded.model)
+    if bench:
+        in_place = False  # the dense model is needed for the side-by-side measurement
     pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
     if eval_ppl is not None:
         ppl["pruned"] = measure(pruned)
@@ -142,6 +154,14 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
         removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
         num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
         params_after=parameter_count(pruned), scores=list(scores.scores), calibration=dict(scores.calibration),
-        protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
+        protect_first=protect_first, protect_last=protect_last, perplexity=ppl, command=command,
     )
-    return PruneResult(pruned, loaded.tokenizer, report)
+    comparison = None
+    if bench:
+        from .speed import compare
+
+        comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
+                             names=(loaded.source, f"{loaded.source} minus layers {removed}"),
+                             progress=progress, **(bench_options or {}))
+        comparison.command = command
+    return PruneResult(pruned, loaded.tokenizer, report, comparison)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Make LLMs shallower: score decoder layers, remove the least important, evaluate.")
 console = Console(stderr=False)
 err_console = Console(stderr=True)
-STATE = {"debug": False}
+STATE: dict = {"debug": False, "argv": None}
+
+
+def command_line() -> str:
+    """The command that is running, as a shell-quoted line (program name normalised to ``depthprune``)."""
+    argv = STATE["argv"] if STATE["argv"] is not None else sys.argv[1:]
+    return shlex.join(["depthprune", *argv])
 
 ModelArg = typer.Argument(..., help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id.")
 DataOpt = typer.Option("builtin", "--data", help="Calibration SPEC: file/dir (.txt/.jsonl/.parquet), hf:NAME[:CONFIG][:SPLIT], builtin or self.")
@@ -101,19 +108,28 @@ def prune(model: str = ModelArg,
           ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for --eval-ppl."),
           ppl_max_tokens: int = typer.Option(40_000, "--ppl-max-tokens", help="Token budget for --eval-ppl."),
           dtype: str = DtypeOpt, device: str = DeviceOpt,
+          bench: bool = typer.Option(False, "--bench", help="Also measure dense vs pruned speed side by side; writes bench.json."),
+          bench_seq_lens: str = typer.Option("128,512", "--bench-seq-lens", help="Prefill lengths for --bench."),
+          bench_decode_tokens: int = typer.Option(32, "--bench-decode-tokens", help="Decode steps for --bench."),
+          bench_repeats: int = typer.Option(5, "--bench-repeats", help="Timed repetitions per model for --bench."),
+          bench_threads: Optional[int] = typer.Option(None, "--bench-threads", help="torch CPU threads for --bench (default: torch's)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
     from .api import prune as api_prune
     from .export import check_output_dir
+    from .speed import parse_seq_lens
 
     check_output_dir(out, overwrite)
     if remove is None and ratio is None:
         raise DepthpruneError("give --remove N or --ratio R")
+    bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
+                     "repeats": bench_repeats, "threads": bench_threads}
     result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, samples=samples,
                        seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field,
                        protect_first=protect_first, protect_last=protect_last, eval_ppl=eval_ppl,
                        ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
-                       in_place=True, progress=_progress())
+                       in_place=True, bench=bench, bench_options=bench_options, command=command_line(),
+                       progress=_progress())
     report = result.report
     console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
     console.print(f"removed layers (0-based, original numbering): {report.removed_layers}")
@@ -128,6 +144,8 @@ def prune(model: str = ModelArg,
             r = report.perplexity[name]
             table.add_row(name, f"{r['ppl']:.3f}", str(r["tokens"]))
         console.print(table)
+    if result.bench is not None:
+        _print_comparison(result.bench.to_json())
     result.save(out, overwrite=overwrite)
     console.print(f"saved pruned checkpoint to {out}")
 
@@ -151,9 +169,90 @@ def eval_cmd(model: str = ModelArg,
         write_json_atomic(json_out, {"model": model, **result.to_json()})
 
 
+def _print_bench(data: dict) -> None:
+    table = Table(title=f"{data['model']} ({data['num_layers']} layers, {data['params']:,} parameters, "
+                        f"{data['dtype']} on {data['device']})")
+    for col in ("workload", "tokens/s", "median s", "peak working memory", "GFLOPs"):
+        table.add_column(col, justify="right")
+    for w in data["workloads"]:
+        mem = w["peak_memory_bytes"]
+        table.add_row(w["key"], f"{w['tokens_per_s']:,.1f}", f"{w['median_s']:.4f}",
+                      "-" if mem is None else f"{mem / 2**20:,.1f} MiB", f"{w['flops'] / 1e9:.3f}")
+    console.print(table)
+    peak = data["peak_memory_bytes"]
+    console.print(f"weights {data['weights_bytes'] / 2**20:,.1f} MiB; peak memory (weights + working) "
+                  f"{'-' if peak is None else f'{peak / 2**20:,.1f} MiB'} [{data['memory_method']}]")
+
+
+def _print_comparison(data: dict) -> None:
+    from .summary import speed_table
+
+    a, b = data["labels"]
+    console.print(f"{a}: {data['baseline']['model']}\n{b}: {data['candidate']['model']}")
+    speed = speed_table(data)
+    table = Table(title=f"{b} vs {a} (ratios {b}/{a}, median of interleaved runs)")
+    for col in speed.header:
+        table.add_column(col, justify="right")
+    for row in speed.rows:
+        table.add_row(*row)
+    console.print(table)
+    r = data["ratios"]
+    console.print(f"parameters ratio {r['params_ratio']:.3f}; layers ratio {r['layers_ratio']:.3f}")
+
+
+@app.command()
+def bench(model: str = ModelArg,
+          compare_with: Optional[str] = typer.Option(None, "--compare", help="Baseline (e.g. the dense model) measured side by side in the same run; ratios are MODEL / BASELINE."),
+          seq_lens: str = typer.Option("128,512", "--seq-lens", help="Prefill lengths, comma-separated ('' for none)."),
+          decode_tokens: int = typer.Option(32, "--decode-tokens", help="Greedy decode steps with KV cache (0: no decode)."),
+          prompt_len: int = typer.Option(128, "--prompt-len", help="Prompt length before decoding."),
+          batch_size: int = typer.Option(1, "--batch-size", help="Sequences per forward pass."),
+          repeats: int = typer.Option(5, "--repeats", help="Timed repetitions per model and workload (median reported)."),
+          warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up runs per model and workload."),
+          labels: str = typer.Option("dense,pruned", "--labels", help="Names for BASELINE,MODEL in tables."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch during the measurement (default: torch's)."),
+          dtype: str = DtypeOpt, device: str = DeviceOpt,
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here (e.g. PRUNED_DIR/bench.json for `report`).")) -> None:
+    """Prefill/decode throughput, peak memory and size of a model, optionally side by side with a baseline."""
+    from .export import write_json_atomic
+    from .speed import benchmark, compare, parse_seq_lens
+
+    lens = parse_seq_lens(seq_lens)
+    if json_out is not None and not json_out.expanduser().parent.exists():
+        raise DepthpruneError(f"directory {json_out.parent} for --json does not exist")
+    options = dict(seq_lens=lens, prompt_len=prompt_len, decode_tokens=decode_tokens, batch_size=batch_size,
+                   repeats=repeats, warmup=warmup, dtype=dtype, device=device, threads=threads,
+                   progress=_progress())
+    if compare_with is None:
+        data = benchmark(model, **options).to_json()
+        data["command"] = command_line()
+        _print_bench(data)
+    else:
+        names = [x.strip() for x in labels.split(",")]
+        if len(names) != 2 or not all(names):
+            raise DepthpruneError(f"--labels needs two comma-separated names like dense,pruned, not '{labels}'")
+        result = compare(compare_with, model, labels=(names[0], names[1]), names=(compare_with, model), **options)
+        result.command = command_line()
+        data = result.to_json()
+        _print_comparison(data)
+    if json_out is not None:
+        write_json_atomic(json_out, data)
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def report(directory: Path = typer.Argument(..., help="Output directory of `depthprune prune` (reads depthprune.json, eval/*.json, bench.json).")) -> None:
+    """Write report.md and a self-contained report.html for a pruned model directory; refresh its README.md."""
+    from .report import write_report
+
+    paths = write_report(directory)
+    console.print(f"wrote {paths.markdown}, {paths.html} and refreshed {paths.model_card}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    debug = "--debug" in STATE["argv"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv, standalone_mode=False)

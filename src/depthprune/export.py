@@ -82,12 +82,16 @@ def write_file_atomic(path: Path | str, writer) -> Path:
     return path
 
 
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: dict | None = None) -> str:
+    """The README.md of a pruned checkpoint: what was removed, quality and (when known) task accuracy and speed.
 
+    ``evals`` is ``{"dense": {task: metrics}, "pruned": {task: metrics}, "meta": {...}}`` (see
+    :func:`depthprune.report.read_evals`), ``bench`` a :class:`~depthprune.speed.BenchComparison` as JSON.
+    """
+    from .summary import quality_table, speed_table
 
-def model_card(report: PruneReport) -> str:
-    """The README.md of a pruned checkpoint."""
+    if isinstance(report, dict):
+        report = PruneReport(**{k: v for k, v in report.items() if k in PruneReport.__dataclass_fields__})
     removed = ", ".join(str(i) for i in report.removed_layers)
     lines = [
         "---",
@@ -103,15 +107,13 @@ def model_card(report: PruneReport) -> str:
         f"metric `{report.metric}`, strategy `{report.strategy}`. This is an ordinary transformers checkpoint: "
         "`AutoModelForCausalLM.from_pretrained(this_dir)` loads it, no custom code.",
         "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| layers | {report.num_layers_before} | {report.num_layers_after} |",
-        f"| parameters | {_fmt_params(report.params_before)} | {_fmt_params(report.params_after)} |",
+        "## Results",
+        "",
+        *quality_table(report.to_json(), evals).to_markdown(),
     ]
-    ppl = report.perplexity
-    if ppl.get("dense") and ppl.get("pruned"):
-        lines.append(f"| perplexity ({ppl['dense']['settings'].get('source')}) | {ppl['dense']['ppl']:.2f} | "
-                     f"{ppl['pruned']['ppl']:.2f} |")
+    speed = speed_table(bench)
+    if speed is not None:
+        lines += ["", "## Speed", "", *speed.to_markdown()]
     cal = report.calibration
     lines += [
         "",
@@ -125,16 +127,21 @@ def model_card(report: PruneReport) -> str:
         "Full provenance (scores per layer, settings, library versions) is in `depthprune.json`.",
         "",
     ]
+    if report.command:
+        lines += ["Made with:", "", "```sh", report.command, "```", ""]
     return "\n".join(lines)
 
 
-def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False) -> Path:
-    """Write the pruned checkpoint with its evidence into ``out``, atomically."""
+def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False,
+                bench: dict | None = None) -> Path:
+    """Write the pruned checkpoint with its evidence (and ``bench.json`` if given) into ``out``, atomically."""
     with atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(report), encoding="utf-8")
+        if bench is not None:
+            (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(report, bench=bench), encoding="utf-8")
         plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
                           metric=report.metric, title=f"{report.model}: {report.metric} per layer (red = removed)")
     return Path(out).expanduser()

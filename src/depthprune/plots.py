@@ -37,3 +37,62 @@ def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, float | None, float | None]], path: Path,
+                 *, labels: tuple[str, str] = ("dense", "pruned"), title: str = "") -> Path:
+    """Grouped bars, dense vs pruned: perplexity (own axis, lower is better) and task accuracy in %."""
+    plt = _pyplot()
+    panels = (1 if ppl else 0) + (1 if tasks else 0)
+    widths = ([1.0] if ppl else []) + ([max(2.0, 0.9 * len(tasks))] if tasks else [])
+    fig, axes = plt.subplots(1, panels, figsize=(max(6.0, 1.6 + 1.2 * (len(tasks) + (1 if ppl else 0))), 3.6),
+                             dpi=120, gridspec_kw={"width_ratios": widths}, squeeze=False)
+    colors = ("#1f77b4", "#d62728")
+    axes = list(axes[0])
+    if ppl:
+        ax = axes.pop(0)
+        bars = ax.bar([0, 1], list(ppl), color=colors)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks([0, 1], list(labels))
+        ax.set_ylabel("perplexity (lower is better)")
+        ax.set_title("perplexity", fontsize=10)
+    if tasks:
+        ax = axes.pop(0)
+        xs = range(len(tasks))
+        for k, (label, color) in enumerate(zip(labels, colors)):
+            values = [100 * (t[1 + k] or 0.0) for t in tasks]
+            bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(list(xs), [t[0] for t in tasks], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("task accuracy", fontsize=10)
+        top = max([100 * (v or 0.0) for t in tasks for v in t[1:]] + [1.0])
+        ax.set_ylim(0, top * 1.25)
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Path, *, title: str = "") -> Path:
+    """Per workload: measured speedup (dense time / pruned time) next to the ideal one from FLOPs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.3 * len(rows)), 3.6), dpi=120)
+    xs = range(len(rows))
+    for k, (label, color) in enumerate((("measured", "#2ca02c"), ("ideal (FLOPs)", "#7f7f7f"))):
+        values = [r[1 + k] or 0.0 for r in rows]
+        bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, max([v or 0.0 for r in rows for v in r[1:]] + [1.0]) * 1.25)
+    ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
+    ax.set_ylabel("speedup over dense (×)")
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    ax.set_title(title or "speedup of the pruned model", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

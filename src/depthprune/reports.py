@@ -56,6 +56,7 @@ class PruneReport:
     perplexity: dict = field(default_factory=dict)
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
+    command: str | None = None  # the command line that produced it (None: made through the Python API)
 
     def to_json(self) -> dict:
         return asdict(self)
