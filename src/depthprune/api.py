@@ -24,7 +24,7 @@ from torch import nn
 from .architectures import layout, num_layers
 from .data import CalibrationSet, build_calibration, validate_spec
 from .errors import DepthpruneError
-from .evaluation import PerplexityResult, perplexity
+from .evaluation import PerplexityResult, check_tasks, evaluate_tasks, perplexity
 from .export import save_pruned
 from .models import LoadedModel, load_model
 from .reports import PruneReport, ScoreReport
@@ -87,11 +87,13 @@ class PruneResult:
     tokenizer: object
     report: PruneReport
     bench: BenchComparison | None = None  # dense vs pruned speed, when prune(bench=True)
+    evals: dict | None = None  # {"dense": ..., "pruned": ...} lm-eval results, when prune(eval_tasks=...)
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Save checkpoint, tokenizer, depthprune.json, model card, plot (and bench.json) into ``out`` atomically."""
+        """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically."""
         bench = self.bench.to_json() if self.bench is not None else None
-        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench)
+        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
+                           evals=self.evals)
 
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
@@ -110,6 +112,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           protect_first: int = 0, protect_last: int = 0, eval_ppl: str | None = None, ppl_seq_len: int = 512,
           ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
+          eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
           progress: bool = True) -> PruneResult:
     """Score the layers (or reuse ``scores``), remove the least important ones, optionally measure perplexity.
 
@@ -118,12 +121,18 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     ``bench=True`` measures dense and pruned speed side by side
     (:func:`depthprune.speed.compare` with ``bench_options``) and keeps a copy for it
     even when ``in_place``. ``command`` is recorded in the report (the CLI passes its command line).
+    ``eval_tasks`` runs lm-evaluation-harness tasks on the dense and the pruned model
+    (:func:`depthprune.evaluation.evaluate_tasks`, ``eval_options``: data_dir, limit, num_fewshot,
+    batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
     """
     check_removal_request(remove, ratio)
     if isinstance(data, str) and scores is None:
         validate_spec(data)
     if eval_ppl is not None:
         validate_spec(eval_ppl, allow_self=False)
+    eval_options = dict(eval_options or {})
+    if eval_tasks is not None:
+        check_tasks(eval_tasks, eval_options.get("data_dir"))
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
     total = num_layers(loaded.model.config)
     n = removal_count(total, remove=remove, ratio=ratio)
@@ -141,14 +150,24 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
         return perplexity(m, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
                           progress=progress).to_json()
 
+    evals: dict | None = None
+
+    def tasks_of(m, role: str) -> dict:
+        return evaluate_tasks(m, loaded.tokenizer, eval_tasks, model_name=loaded.source, role=role,
+                              command=command, **eval_options)
+
     if eval_ppl is not None:
         ppl["dense"] = measure(loaded.model)
+    if eval_tasks is not None:
+        evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
     if bench:
         in_place = False  # the dense model is needed for the side-by-side measurement
     pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
     if eval_ppl is not None:
         ppl["pruned"] = measure(pruned)
+    if eval_tasks is not None:
+        evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
         model=loaded.source, model_type=loaded.info.get("model_type"), metric=scores.metric, strategy="one-shot",
         removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
@@ -164,4 +183,4 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
                              names=(loaded.source, f"{loaded.source} minus layers {removed}"),
                              progress=progress, **(bench_options or {}))
         comparison.command = command
-    return PruneResult(pruned, loaded.tokenizer, report, comparison)
+    return PruneResult(pruned, loaded.tokenizer, report, comparison, evals)

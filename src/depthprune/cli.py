@@ -113,6 +113,10 @@ def prune(model: str = ModelArg,
           bench_decode_tokens: int = typer.Option(32, "--bench-decode-tokens", help="Decode steps for --bench."),
           bench_repeats: int = typer.Option(5, "--bench-repeats", help="Timed repetitions per model for --bench."),
           bench_threads: Optional[int] = typer.Option(None, "--bench-threads", help="torch CPU threads for --bench (default: torch's)."),
+          eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="lm-eval tasks for dense and pruned, side by side (saved in DIR/eval/)."),
+          eval_limit: Optional[float] = typer.Option(None, "--eval-limit", help="lm-eval documents per task (int) or share (<1)."),
+          eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
+          eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
     from .api import prune as api_prune
@@ -129,6 +133,8 @@ def prune(model: str = ModelArg,
                        protect_first=protect_first, protect_last=protect_last, eval_ppl=eval_ppl,
                        ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
                        in_place=True, bench=bench, bench_options=bench_options, command=command_line(),
+                       eval_tasks=eval_tasks, eval_options=_eval_options(eval_limit, eval_num_fewshot, eval_data_dir,
+                                                                         batch_size),
                        progress=_progress())
     report = result.report
     console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
@@ -144,29 +150,87 @@ def prune(model: str = ModelArg,
             r = report.perplexity[name]
             table.add_row(name, f"{r['ppl']:.3f}", str(r["tokens"]))
         console.print(table)
+    if result.evals:
+        _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
     result.save(out, overwrite=overwrite)
     console.print(f"saved pruned checkpoint to {out}")
 
 
+def _print_task_results(by_role: dict, title: str) -> None:
+    """One row per task and metric, one column per role (dense/pruned), value ± stderr."""
+    roles = list(by_role)
+    first = next(iter(by_role.values()))
+    table = Table(title=f"{title} (lm-eval {first.get('lm_eval_version')}, limit {first.get('limit')})")
+    for col in ["task", "metric", *roles, "n"]:
+        table.add_column(col, justify="right")
+    for name, entry in first["tasks"].items():
+        for metric in [m for m in ("acc", "acc_norm", "perplexity") if m in entry["metrics"]]:
+            cells = []
+            for role in roles:
+                metrics = by_role[role]["tasks"].get(name, {}).get("metrics", {})
+                value, stderr = metrics.get(metric), metrics.get(f"{metric}_stderr")
+                cells.append("-" if value is None else f"{value:.4f}" + (
+                    f" ± {stderr:.4f}" if isinstance(stderr, (int, float)) else ""))
+            table.add_row(name, metric, *cells, str(entry.get("n_samples", {}).get("effective", "")))
+    console.print(table)
+
+
+def _eval_options(limit: float | None, num_fewshot: int | None, data_dir: Path | None, batch_size: int) -> dict:
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    return {"limit": limit, "num_fewshot": num_fewshot, "data_dir": str(data_dir) if data_dir else None,
+            "batch_size": batch_size}
+
+
 @app.command("eval")
 def eval_cmd(model: str = ModelArg,
-             ppl: str = typer.Option(..., "--ppl", help="Text SPEC to measure perplexity on."),
-             seq_len: int = typer.Option(512, "--seq-len", help="Window length."),
-             max_tokens: int = typer.Option(40_000, "--max-tokens", help="Token budget."),
-             batch_size: int = typer.Option(1, "--batch-size", help="Windows per forward pass."),
+             ppl: Optional[str] = typer.Option(None, "--ppl", help="Text SPEC to measure perplexity on."),
+             tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated (mmlu,hellaswag,piqa,arc_easy,arc_challenge,boolq,winogrande,lambada_openai,openbookqa,cmmlu)."),
+             limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval: documents per task (int) or share (<1) for quick runs."),
+             num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline: local copies of the task data (layout in docs/lmeval-tasks.md)."),
+             results: Optional[Path] = typer.Option(None, "--results", help="Where to write the task results JSON (default: MODEL/eval/ for a local directory, else ./eval-results/)."),
+             role: Optional[str] = typer.Option(None, "--role", help="dense or pruned, recorded for `depthprune report` (default: pruned if MODEL has depthprune.json)."),
+             seq_len: int = typer.Option(512, "--seq-len", help="Perplexity window length."),
+             max_tokens: int = typer.Option(40_000, "--max-tokens", help="Perplexity token budget."),
+             batch_size: int = typer.Option(1, "--batch-size", help="Windows (ppl) or requests (lm-eval) per forward pass."),
              text_field: str = TextFieldOpt, dtype: str = DtypeOpt, device: str = DeviceOpt,
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here.")) -> None:
-    """Perplexity of a model (dense or pruned) on a text SPEC."""
-    from .api import evaluate_perplexity
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the perplexity result as JSON here.")) -> None:
+    """Perplexity on a text SPEC and/or task accuracy through lm-evaluation-harness (dense or pruned model)."""
+    from .api import as_loaded, evaluate_perplexity
+    from .evaluation import check_tasks, evaluate_tasks
     from .export import write_json_atomic
 
-    result = evaluate_perplexity(model, spec=ppl, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
-                                 text_field=text_field, dtype=dtype, device=device, progress=_progress())
-    console.print(f"perplexity {result.ppl:.3f} over {result.tokens} tokens ({ppl}, windows of {seq_len})")
-    if json_out is not None:
-        write_json_atomic(json_out, {"model": model, **result.to_json()})
+    if ppl is None and tasks is None:
+        raise DepthpruneError("give --ppl SPEC and/or --tasks NAMES")
+    if role is not None and role not in ("dense", "pruned"):
+        raise DepthpruneError(f"--role must be dense or pruned, got '{role}'")
+    if tasks is not None:
+        check_tasks(tasks, str(data_dir) if data_dir else None)
+    local_dir = Path(model).expanduser()
+    is_dir = local_dir.is_dir()
+    results_dir = results or (local_dir / "eval" if is_dir else Path("eval-results"))
+    loaded = as_loaded(model, dtype=dtype, device=device)
+    if ppl is not None:
+        result = evaluate_perplexity(loaded, spec=ppl, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
+                                     text_field=text_field, progress=_progress())
+        console.print(f"perplexity {result.ppl:.3f} over {result.tokens} tokens ({ppl}, windows of {seq_len})")
+        if json_out is not None:
+            write_json_atomic(json_out, {"model": model, **result.to_json()})
+    if tasks is not None:
+        if role is None:
+            role = "pruned" if is_dir and (local_dir / "depthprune.json").is_file() else "dense"
+        out = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, device=None, model_name=model, role=role,
+                             command=command_line(), **_eval_options(limit, num_fewshot, data_dir, batch_size))
+        _print_task_results({role: out}, f"lm-eval on {model}")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        path = results_dir / f"{role}-{'_'.join(check_tasks(tasks))}.json"
+        if len(path.name) > 120:
+            path = results_dir / f"{role}-{len(out['tasks'])}tasks.json"
+        write_json_atomic(path, out)
+        console.print(f"wrote {path}")
 
 
 def _print_bench(data: dict) -> None:

@@ -133,15 +133,23 @@ def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: 
 
 
 def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False,
-                bench: dict | None = None) -> Path:
-    """Write the pruned checkpoint with its evidence (and ``bench.json`` if given) into ``out``, atomically."""
+                bench: dict | None = None, evals: dict | None = None) -> Path:
+    """Write the pruned checkpoint with its evidence (``bench.json``, ``eval/{role}.json`` if given) into ``out``, atomically."""
     with atomic_directory(out, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
         if bench is not None:
             (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(report, bench=bench), encoding="utf-8")
+        card_evals = None
+        if evals:
+            from .report import read_evals
+
+            (tmp / "eval").mkdir()
+            for role, result in evals.items():
+                (tmp / "eval" / f"{role}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            card_evals = read_evals(tmp, report.to_json())[0]
+        (tmp / "README.md").write_text(model_card(report, bench=bench, evals=card_evals), encoding="utf-8")
         plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
                           metric=report.metric, title=f"{report.model}: {report.metric} per layer (red = removed)")
     return Path(out).expanduser()

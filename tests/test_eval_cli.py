@@ -1,0 +1,54 @@
+"""`depthprune eval --tasks` and `prune --eval-tasks` through lm-eval, on a tiny random model (offline data)."""
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from test_cli import assert_user_error, run
+from tiny import tiny_checkpoint
+
+pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "piqa").is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("evalcli") / "tiny", num_layers=4)
+
+
+def test_eval_tasks_writes_json_with_versions(model, tmp_path):
+    result = run("eval", model, "--tasks", "piqa,boolq", "--limit", 4, "--data-dir", SHARED_DATA,
+                 "--results", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads((tmp_path / "dense-piqa_boolq.json").read_text())
+    assert out["role"] == "dense" and out["lm_eval_version"] and out["limit"] == 4
+    for task in ("piqa", "boolq"):
+        entry = out["tasks"][task]
+        assert entry["n_samples"]["effective"] == 4
+        assert 0.0 <= entry["metrics"]["acc"] <= 1.0
+        assert entry["version"] is not None
+    assert out["command"].startswith("depthprune ")
+
+
+def test_prune_eval_tasks_side_by_side_and_report(model, tmp_path):
+    out = tmp_path / "pruned"
+    result = run("prune", model, "--remove", 1, "--samples", 2, "--seq-len", 32, "--eval-tasks", "piqa",
+                 "--eval-limit", 3, "--eval-data-dir", SHARED_DATA, "--out", out)
+    assert result.returncode == 0, result.stderr
+    dense = json.loads((out / "eval" / "dense.json").read_text())
+    pruned = json.loads((out / "eval" / "pruned.json").read_text())
+    assert dense["role"] == "dense" and pruned["role"] == "pruned"
+    assert "piqa" in (out / "README.md").read_text()
+    result = run("report", out)
+    assert result.returncode == 0, result.stderr
+    assert "piqa" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--tasks", "nosuchtask", "--data-dir", SHARED_DATA], "unknown task 'nosuchtask'"),
+    (["--tasks", "piqa", "--data-dir", "/no/such/dir"], "does not exist"),
+    ([], "give --ppl SPEC and/or --tasks"),
+])
+def test_eval_bad_input(model, args, fragment):
+    assert_user_error(run("eval", model, *args), fragment)
