@@ -56,7 +56,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives stable timings on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = dp.load_model(args.model, device=args.device, dtype=args.dtype)
     model = loaded.model
@@ -75,7 +79,8 @@ def main():
         scoring(model, calib, args.batch_size)
     tokens = calib.num_tokens
     print(f"model {args.model} ({model.config.num_hidden_layers} layers, {args.dtype}, {args.device}); "
-          f"{args.samples} x {args.seq_len} tokens, batch {args.batch_size}, {args.repeats} interleaved repeats")
+          f"{args.samples} x {args.seq_len} tokens, batch {args.batch_size}, {args.repeats} interleaved repeats, "
+          f"{torch.get_num_threads()} threads")
     print(f"bare forward  median {statistics.median(t_bare):.3f} s  ({tokens / statistics.median(t_bare):,.0f} tok/s)")
     print(f"BI scoring    median {statistics.median(t_score):.3f} s  ({tokens / statistics.median(t_score):,.0f} tok/s)")
     ratios = [s / b for s, b in zip(t_score, t_bare)]

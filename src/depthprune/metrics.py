@@ -34,17 +34,32 @@ class _MeanOverTokens:
     name = "mean"
 
     def __init__(self, num_layers: int):
-        self.sums = torch.zeros(num_layers, dtype=torch.float64)
+        # Per-layer running sums stay on the activations' device (no host sync per layer);
+        # float64 except on MPS, which has none.
+        self._sums: list[torch.Tensor | None] = [None] * num_layers
         self.counts = torch.zeros(num_layers, dtype=torch.long)
+
+    @property
+    def sums(self) -> torch.Tensor:
+        return torch.tensor([0.0 if s is None else float(s) for s in self._sums], dtype=torch.float64)
 
     def per_token(self, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def update(self, layer: int, x_in: torch.Tensor, x_out: torch.Tensor, mask: torch.Tensor) -> None:
         mask = mask.to(x_in.device, torch.bool)
-        values = self.per_token(x_in[mask].float(), x_out[mask].float())
-        self.sums[layer] += values.sum(dtype=torch.float64).cpu()
-        self.counts[layer] += int(mask.sum())
+        n = int(mask.sum())
+        if n == mask.numel():  # no padding in this batch: skip the gather copy
+            a, b = x_in.reshape(-1, x_in.shape[-1]), x_out.reshape(-1, x_out.shape[-1])
+        else:
+            a, b = x_in[mask], x_out[mask]
+        if a.dtype != torch.float32:
+            a, b = a.float(), b.float()
+        acc = torch.float32 if a.device.type == "mps" else torch.float64
+        total = self.per_token(a, b).sum(dtype=acc)
+        previous = self._sums[layer]
+        self._sums[layer] = total if previous is None else previous + total.to(previous.device)
+        self.counts[layer] += n
 
     def means(self) -> torch.Tensor:
         if bool((self.counts == 0).any()):
