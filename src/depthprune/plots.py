@@ -37,3 +37,52 @@ def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_sweep(result, path: Path, *, title: str = "") -> Path:
+    """Perplexity (log scale) against layers removed, one line per metric/strategy, dense as n = 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    lines = result.lines()
+    styles = ["-", "--", ":", "-."]
+    strategies = sorted({key.split("/", 1)[1] for key in lines})
+    for i, (key, pts) in enumerate(sorted(lines.items())):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.3,
+                linestyle=styles[strategies.index(key.split("/", 1)[1]) % len(styles)], label=key)
+    ax.axhline(result.dense["ppl"], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("layers removed")
+    ax.set_ylabel(f"perplexity ({result.evaluation.get('source', '')})")
+    ax.set_xticks(sorted({0, *result.counts}))
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_angular_heatmap(blocks: dict, num_layers: int, path: Path, *, title: str = "") -> Path:
+    """Gromov et al.'s heatmap: angular distance between the input of layer s and the output of layer
+    s + n - 1 (x: start layer s, 0-based; y: block size n); blank where the block would run past the end."""
+    import numpy as np
+
+    plt = _pyplot()
+    sizes = sorted(int(n) for n in blocks)
+    grid = np.full((len(sizes), num_layers), np.nan)
+    for row, n in enumerate(sizes):
+        values = blocks[n] if n in blocks else blocks[str(n)]
+        grid[row, :len(values)] = values
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * num_layers + 2), max(3.5, 0.2 * len(sizes) + 1.5)), dpi=120)
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                      extent=(-0.5, num_layers - 0.5, sizes[0] - 0.5, sizes[-1] + 0.5))
+    fig.colorbar(image, ax=ax, label="angular distance arccos(cos)/pi")
+    ax.set_xlabel("start layer s (0-based)")
+    ax.set_ylabel("block size n (layers)")
+    ax.set_title(title or "angular distance of contiguous blocks", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
