@@ -40,23 +40,29 @@ def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[
 
 
 def plot_sweep(result, path: Path, *, title: str = "") -> Path:
-    """Perplexity (log scale) against layers removed, one line per metric/strategy, dense as n = 0."""
+    """Perplexity (log scale) against layers removed: colour = metric, line style = strategy, dense at n = 0."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
     lines = result.lines()
-    styles = ["-", "--", ":", "-."]
+    metrics = sorted({key.split("/", 1)[0] for key in lines})
     strategies = sorted({key.split("/", 1)[1] for key in lines})
-    for i, (key, pts) in enumerate(sorted(lines.items())):
+    colors = plt.get_cmap("tab10")
+    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-."}
+    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D"}
+    for key, pts in sorted(lines.items()):
+        metric, strategy = key.split("/", 1)
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.3,
-                linestyle=styles[strategies.index(key.split("/", 1)[1]) % len(styles)], label=key)
+        ax.plot(xs, ys, color=colors(metrics.index(metric) % 10), linestyle=styles.get(strategy, "-"),
+                marker=markers.get(strategy, "o"), markersize=3.5, linewidth=1.3, label=key)
     ax.axhline(result.dense["ppl"], color="grey", linewidth=0.8, linestyle=":")
     ax.set_yscale("log")
     ax.set_xlabel("layers removed")
-    ax.set_ylabel(f"perplexity ({result.evaluation.get('source', '')})")
+    source = str(result.evaluation.get("source", ""))
+    ax.set_ylabel(f"perplexity ({Path(source).name or source})")
     ax.set_xticks(sorted({0, *result.counts}))
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
-    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="metric/strategy", title_fontsize=7)
+    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed "
+                 f"(dense {result.dense['ppl']:.1f})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
