@@ -142,7 +142,10 @@ class AngularDistance:
             raise ValueError("tokens must be 'last' or 'all'")
         sizes = sorted({int(n) for n in block_sizes} | {1})
         if sizes[0] < 1 or sizes[-1] > num_layers:
-            raise ValueError(f"block sizes must be between 1 and {num_layers}")
+            from .errors import DepthpruneError
+
+            raise DepthpruneError(f"angular block sizes must be between 1 and {num_layers} for a "
+                                  f"{num_layers}-layer model, got {sizes[0] if sizes[0] < 1 else sizes[-1]}")
         self.name = "angular" if tokens == "last" else "angular-all"
         self.num_layers = num_layers
         self.tokens = tokens
