@@ -144,3 +144,19 @@ def test_prune_report_names_strategy_metric_and_order():
     assert sorted(report.selection["order"]) == report.removed_layers
     assert len(report.scores) == 4 and all(math.isfinite(s) for s in report.scores)
     assert result.model.config.num_hidden_layers == 2
+
+
+def test_score_previews_a_selection_and_reports_block_scores():
+    import json
+
+    model = tiny_model("llama")
+    calib = dp.from_tensors(*batch(n=3))
+    rep = dp.score(model, data=calib, metric="angular", block_sizes=[1, 2, 3], strategy="block", remove=2,
+                   progress=False)
+    assert set(rep.block_scores) == {1, 2, 3} and len(rep.block_scores[2]) == 3
+    start = rep.selection["removed_layers"][0]
+    assert rep.selection["removed_layers"] == [start, start + 1]
+    assert start == min(range(3), key=lambda s: (rep.block_scores[2][s], s))
+    assert json.loads(json.dumps(rep.to_json()))["block_scores"]["2"] == rep.block_scores[2]
+    with pytest.raises(DepthpruneError, match="block sizes must be between 1 and 4"):
+        dp.score(model, data=calib, metric="angular", block_sizes=[9], progress=False)
