@@ -9,5 +9,5 @@ export PYTHONPATH=src
     --json bench/results/greedy_cache_smollm2-135m.json > bench/results/greedy_cache.log 2>&1 ) &
 python bench/strategies_bench.py gemma3-270m --out bench/results/gemma3-270m --threads 1 \
     --samples 2 --seq-len 128 --ppl-seq-len 256 --ppl-max-tokens 512 \
-    --skip angular-all/iterative,relative-magnitude/iterative,taylor/iterative > bench/results/gemma3-270m.log 2>&1
+    > bench/results/gemma3-270m.log 2>&1
 wait
