@@ -17,7 +17,7 @@ import torch
 
 import depthprune as dp
 from depthprune.data import build_calibration
-from depthprune.loss_metrics import CachedLayerRunner, greedy_ppl, naive_loss
+from depthprune.loss_metrics import greedy_ppl, naive_loss
 from depthprune.surgery import pruned_view
 
 

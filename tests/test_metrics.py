@@ -13,7 +13,6 @@ from depthprune.errors import DepthpruneError
 from depthprune.loss_metrics import ppl_scores, taylor_scores
 from depthprune.strategies import compute_scores
 
-from test_scoring import reference_bi  # noqa: F401  (same pattern: final norm replaced by Identity)
 from tiny import batch, final_norm, tiny_model
 
 FAMILIES = ["llama", "gpt2", "gemma3", "opt"]
@@ -101,10 +100,8 @@ def test_baselines_reverse_order_and_random():
     assert rev.removed_layers == [2, 3]
     a = dp.score(model, data=calib, metric="random", seed=1, progress=False).scores
     b = dp.score(model, data=calib, metric="random", seed=1, progress=False).scores
-    c = dp.score(model, data=calib, metric="random", seed=2, progress=False).scores
-    assert a == b and sorted(a) == [0.0, 1.0, 2.0, 3.0]
+    assert a == b and sorted(a) == [0.0, 1.0, 2.0, 3.0]  # seeded permutation
     assert any(dp.score(model, data=calib, metric="random", seed=s, progress=False).scores != a for s in range(2, 6))
-    assert c is not None
 
 
 def calibration_loss(model, ids, mask):

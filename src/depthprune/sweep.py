@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .architectures import layout
 from .data import CalibrationSet, iter_texts, sequential_windows, validate_spec
 from .errors import DepthpruneError
