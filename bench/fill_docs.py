@@ -7,10 +7,9 @@ parts = []
 for name in ("smollm2-135m", "gemma3-270m"):
     md = root / "bench" / "results" / f"{name}.md"
     parts.append(md.read_text() if md.exists() else f"### {name}\n\nNot finished within the session's CPU time.\n")
-g = root / "bench" / "results" / "greedy_cache_smollm2-135m.json"
-if g.exists():
+for g in sorted((root / "bench" / "results").glob("greedy_cache_*.json")):
     r = json.loads(g.read_text())
-    parts.append(f"### greedy-ppl: cached vs naive loop ({r['model']})\n\n"
+    parts.append(f"### greedy-ppl: cached vs naive loop ({r['model']}, {g.name})\n\n"
                  f"{r['steps']} greedy steps on {r['calibration_tokens']} calibration tokens, {r['threads']} thread: "
                  f"cached {r['cached_s']} s, naive (full forward per candidate) {r['naive_s']} s, "
                  f"**{r['speedup']}x faster**; same layers picked: {r['same_layers']} "
