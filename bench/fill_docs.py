@@ -7,6 +7,9 @@ parts = []
 for name in ("smollm2-135m", "gemma3-270m"):
     md = root / "bench" / "results" / f"{name}.md"
     parts.append(md.read_text() if md.exists() else f"### {name}\n\nNot finished within the session's CPU time.\n")
+cost = root / "bench" / "results" / "metric_cost.md"
+if cost.exists():
+    parts.append("### Cost of each metric (bench/metric_cost.py, machine otherwise idle)\n\n" + cost.read_text())
 for g in sorted((root / "bench" / "results").glob("greedy_cache_*.json")):
     r = json.loads(g.read_text())
     parts.append(f"### greedy-ppl: cached vs naive loop ({r['model']}, {g.name})\n\n"

@@ -13,3 +13,6 @@ python bench/strategies_bench.py gemma3-270m --out bench/results/gemma3-270m --t
     --samples 2 --seq-len 128 --ppl-seq-len 256 --ppl-max-tokens 512 \
     > bench/results/gemma3-270m.log 2>&1
 wait
+# on the idle machine afterwards (the cost ratios quoted in the docs), then the docs tables:
+python bench/metric_cost.py smollm2-135m gemma3-270m --out bench/results/metric_cost.md > bench/results/metric_cost.log 2>&1
+python bench/fill_docs.py
