@@ -8,15 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and a busy machine makes multi-thread barriers crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "depthprune", "--quiet", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -28,7 +38,7 @@ def checkpoint(tmp_path_factory):
 
 def test_sweep_cli_writes_csv_json_and_plots(checkpoint, tmp_path):
     out = tmp_path / "sweep"
-    proc = run_cli("sweep", checkpoint, "--metrics", "bi,angular,ppl,taylor,reverse-order,random",
+    proc = run_cli("sweep", checkpoint, "--metrics", "bi,angular,ppl,reverse-order",
                    "--strategies", "one-shot,block,greedy-ppl", "--max-remove", "3", "--ppl", "builtin:heldout",
                    "--data", "builtin", "--samples", "4", "--seq-len", "32", "--ppl-seq-len", "32",
                    "--ppl-max-tokens", "128", "--out", str(out))
@@ -37,13 +47,13 @@ def test_sweep_cli_writes_csv_json_and_plots(checkpoint, tmp_path):
     for png in ("sweep.png", "angular_heatmap.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    # dense + (6 one-shot + 2 block (bi, angular) + 1 greedy) pairs x 3 counts
-    assert rows[0]["metric"] == "dense" and len(rows) == 1 + 9 * 3
+    # dense + (4 one-shot + 2 block (bi, angular) + 1 greedy) pairs x 3 counts
+    assert rows[0]["metric"] == "dense" and len(rows) == 1 + 7 * 3
     data = json.loads((out / "sweep.json").read_text())
     assert data["num_layers"] == 6 and data["counts"] == [1, 2, 3]
     assert data["indexing"].startswith("0-based")
     assert set(data["angular_blocks"]) == {str(n) for n in range(1, 7)}
-    assert any("taylor/block" in s for s in data["skipped"])
+    assert any(s.startswith("ppl/block") for s in data["skipped"])
     for p in data["points"]:
         assert len(p["removed_layers"]) == p["n_removed"] and all(0 <= i < 6 for i in p["removed_layers"])
         if p["strategy"] == "block":
