@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from torch import nn
 
@@ -28,8 +28,9 @@ from .evaluation import PerplexityResult, check_tasks, evaluate_tasks, perplexit
 from .export import save_pruned
 from .models import LoadedModel, load_model
 from .reports import PruneReport, ScoreReport
-from .scoring import layer_scores
-from .selection import ascending_order, check_removal_request, removal_count, select_lowest
+from .metrics import check_metric
+from .selection import ascending_order, check_removal_request, removal_count
+from .strategies import MetricScores, compute_scores, resolve, select
 from .surgery import parameter_count, pruned_copy, remove_layers
 
 if TYPE_CHECKING:
@@ -64,19 +65,42 @@ def calibration_set(loaded: LoadedModel, data: str | CalibrationSet, *, samples:
 
 def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metric: str = "bi",
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
-          dtype: str = "float32", device: str = "cpu", progress: bool = True) -> ScoreReport:
-    """Importance score of every decoder layer (0-based, original numbering)."""
+          block_sizes: Sequence[int] = (1,), strategy: str | None = None, remove: int | None = None,
+          protect_first: int = 0, protect_last: int = 0, dtype: str = "float32", device: str = "cpu",
+          progress: bool = True) -> ScoreReport:
+    """Importance score of every decoder layer (0-based, original numbering; higher = more important).
+
+    ``metric``: bi, angular, angular-all, relative-magnitude, reverse-order, random, ppl or taylor.
+    For the angular metrics ``block_sizes`` adds the distance of every contiguous block of each size.
+    With ``strategy`` and ``remove`` the report also says which layers that strategy would remove
+    (``selection``), without touching the model.
+    """
+    check_metric(metric)
+    if (strategy is None) != (remove is None):
+        raise DepthpruneError("give both --strategy and --remove to preview a selection, or neither")
+    if strategy is not None:
+        resolve(metric, strategy)
     if isinstance(data, str):
         validate_spec(data)
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
     layout(loaded.model)  # unsupported architecture: fail before any data work
     calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
                                   text_field=text_field, batch_size=batch_size, progress=progress)
-    results, tokens = layer_scores(loaded.model, calibration, [metric], batch_size=batch_size, progress=progress)
-    values = results[metric]
+    result = compute_scores(loaded.model, calibration, [metric], batch_size=batch_size, seed=seed,
+                            block_sizes=block_sizes, progress=progress)[metric]
+    values = result.scores
+    selection = None
+    if strategy is not None:
+        n = removal_count(len(values), remove=remove)
+        chosen, _ = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
+                           protect_first=protect_first, protect_last=protect_last, batch_size=batch_size, seed=seed,
+                           precomputed={metric: result}, progress=progress)
+        selection = {"strategy": strategy, "removed_layers": chosen.removed, "order": chosen.order, **chosen.details}
     return ScoreReport(model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric,
-                       num_layers=len(values), scores=values, removal_order=ascending_order(values), tokens=tokens,
-                       calibration=dict(calibration.settings))
+                       num_layers=len(values), scores=values, removal_order=ascending_order(values),
+                       tokens=calibration.num_tokens, calibration=dict(calibration.settings),
+                       block_scores=result.blocks if metric.startswith("angular") and len(block_sizes) > 1 else None,
+                       selection=selection)
 
 
 @dataclass
@@ -107,17 +131,21 @@ def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *,
 
 
 def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | None = None,
-          data: str | CalibrationSet = "builtin", metric: str = "bi", scores: ScoreReport | None = None,
-          samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
-          protect_first: int = 0, protect_last: int = 0, eval_ppl: str | None = None, ppl_seq_len: int = 512,
-          ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", in_place: bool = False,
+          data: str | CalibrationSet = "builtin", metric: str | None = None, strategy: str = "one-shot",
+          scores: ScoreReport | None = None, samples: int = 128, seq_len: int = 512, batch_size: int = 8,
+          seed: int = 0, text_field: str = "text", protect_first: int = 0, protect_last: int = 0,
+          eval_ppl: str | None = None, ppl_seq_len: int = 512, ppl_max_tokens: int = 40_000,
+          dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
           progress: bool = True) -> PruneResult:
-    """Score the layers (or reuse ``scores``), remove the least important ones, optionally measure perplexity.
+    """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
-    With ``in_place=False`` (default) the given in-memory model is left untouched
-    and a pruned copy is returned; ``in_place=True`` saves the memory of a copy.
+    Strategies: ``one-shot`` (default metric bi), ``iterative`` (bi), ``block`` (angular) and
+    ``greedy-ppl`` (ppl); see :mod:`depthprune.strategies`. ``scores`` (a ScoreReport) is reused
+    instead of scoring, for ``one-shot`` and for ``block`` with bi/relative-magnitude.
+    With ``in_place=False`` (default) the given in-memory model is left untouched and a pruned copy
+    is returned; ``in_place=True`` saves the memory of a copy.
     ``bench=True`` measures dense and pruned speed side by side
     (:func:`depthprune.speed.compare` with ``bench_options``) and keeps a copy for it
     even when ``in_place``. ``command`` is recorded in the report (the CLI passes its command line).
@@ -126,6 +154,15 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
     """
     check_removal_request(remove, ratio)
+    if scores is not None and metric is None:
+        metric = scores.metric
+    metric = resolve(metric, strategy)
+    if scores is not None:
+        if scores.metric != metric:
+            raise DepthpruneError(f"the given scores are '{scores.metric}' scores but metric '{metric}' was asked for")
+        if strategy not in ("one-shot", "block") or (strategy == "block" and metric.startswith("angular")):
+            raise DepthpruneError(f"precomputed scores can drive 'one-shot' (or 'block' with bi/relative-magnitude), "
+                                  f"not '{strategy}' with '{metric}', which scores the model itself")
     if isinstance(data, str) and scores is None:
         validate_spec(data)
     if eval_ppl is not None:
@@ -137,12 +174,21 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     total = num_layers(loaded.model.config)
     n = removal_count(total, remove=remove, ratio=ratio)
     layout(loaded.model)
-    if scores is None:
-        scores = score(loaded, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
-                       seed=seed, text_field=text_field, progress=progress)
-    elif scores.num_layers != total:
-        raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
-    removed = select_lowest(scores.scores, n, protect_first=protect_first, protect_last=protect_last)
+    if scores is not None:
+        if scores.num_layers != total:
+            raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
+        precomputed = {metric: MetricScores(metric, list(scores.scores), tokens=scores.tokens)}
+        calibration = None
+        calibration_settings = dict(scores.calibration)
+    else:
+        precomputed = None
+        calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
+                                      text_field=text_field, batch_size=batch_size, progress=progress)
+        calibration_settings = dict(calibration.settings)
+    chosen, first = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
+                           protect_first=protect_first, protect_last=protect_last, batch_size=batch_size, seed=seed,
+                           precomputed=precomputed, progress=progress)
+    removed = chosen.removed
 
     ppl: dict = {}
 
@@ -169,11 +215,12 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     if eval_tasks is not None:
         evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
-        model=loaded.source, model_type=loaded.info.get("model_type"), metric=scores.metric, strategy="one-shot",
+        model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric, strategy=strategy,
         removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
         num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
-        params_after=parameter_count(pruned), scores=list(scores.scores), calibration=dict(scores.calibration),
-        protect_first=protect_first, protect_last=protect_last, perplexity=ppl, command=command,
+        params_after=parameter_count(pruned), scores=list(first.scores) if first else [],
+        calibration=calibration_settings, protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
+        selection={"order": chosen.order, **chosen.details}, command=command,
     )
     comparison = None
     if bench:
@@ -184,3 +231,10 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
                              progress=progress, **(bench_options or {}))
         comparison.command = command
     return PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
+
+
+def sweep(model, tokenizer=None, **kwargs):
+    """Perplexity vs layers removed per metric/strategy; see :func:`depthprune.sweep.sweep`."""
+    from .sweep import sweep as _sweep
+
+    return _sweep(model, tokenizer, **kwargs)

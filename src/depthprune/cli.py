@@ -37,7 +37,10 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for choosing calibration windows 
 TextFieldOpt = typer.Option("text", "--text-field", help="Field/column holding the text in .jsonl/.parquet/hf data.")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, or auto (accelerate device_map).")
-MetricOpt = typer.Option("bi", "--metric", help="Importance metric.")
+METRIC_HELP = ("Importance metric: bi, angular, angular-all, relative-magnitude, ppl, taylor, reverse-order, random.")
+MetricOpt = typer.Option("bi", "--metric", help=METRIC_HELP)
+PruneMetricOpt = typer.Option(None, "--metric", help=METRIC_HELP + " Default: bi (one-shot, iterative), angular (block), ppl (greedy-ppl).")
+StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block or greedy-ppl.")
 
 
 @app.callback()
@@ -73,24 +76,43 @@ def _score_table(scores: list[float], removed: set[int], metric: str) -> Table:
 def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(..., "--out", help="Write scores JSON here (a PNG bar chart goes beside it)."),
           metric: str = MetricOpt, samples: int = SamplesOpt, seq_len: int = SeqLenOpt, batch_size: int = BatchOpt,
           seed: int = SeedOpt, text_field: str = TextFieldOpt, dtype: str = DtypeOpt, device: str = DeviceOpt,
+          strategy: Optional[str] = typer.Option(None, "--strategy", help="With --remove: preview which layers this strategy (one-shot, iterative, block, greedy-ppl) would remove."),
+          remove: Optional[int] = typer.Option(None, "--remove", help="With --strategy: number of layers to preview removing."),
+          protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers (preview)."),
+          protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers (preview)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file.")) -> None:
     """Score every decoder layer (Block Influence by default) and write scores.json + a bar chart."""
     from .api import score as api_score
     from .export import write_file_atomic, write_json_atomic
     from .plots import plot_layer_scores
 
+    from .metrics import check_metric
+
+    check_metric(metric)
+    if (strategy is None) != (remove is None):
+        raise DepthpruneError("give both --strategy and --remove to preview a selection, or neither")
+    if strategy is not None:
+        from .strategies import resolve
+
+        resolve(metric, strategy)
     out = out.expanduser()
     if out.exists() and not overwrite:
         raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
     if not out.parent.exists():
         raise DepthpruneError(f"directory {out.parent} for --out does not exist")
     report = api_score(model, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
-                       seed=seed, text_field=text_field, dtype=dtype, device=device, progress=_progress())
-    console.print(_score_table(report.scores, set(), report.metric))
+                       seed=seed, text_field=text_field, strategy=strategy, remove=remove,
+                       protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
+                       progress=_progress())
+    chosen = set(report.selection["removed_layers"]) if report.selection else set()
+    console.print(_score_table(report.scores, chosen, report.metric))
     console.print(f"removal order (least important first): {report.removal_order}")
+    if report.selection:
+        console.print(f"{strategy} would remove layers (0-based, original numbering): "
+                      f"{report.selection['removed_layers']}")
     write_json_atomic(out, report.to_json())
     png = out.with_suffix(".png")
-    write_file_atomic(png, lambda p: plot_layer_scores(report.scores, p, metric=report.metric,
+    write_file_atomic(png, lambda p: plot_layer_scores(report.scores, p, metric=report.metric, removed=sorted(chosen),
                                                        title=f"{report.model}: {report.metric} per layer"))
     console.print(f"wrote {out} and {png}")
 
@@ -100,7 +122,8 @@ def prune(model: str = ModelArg,
           out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
           remove: Optional[int] = typer.Option(None, "--remove", help="Number of layers to remove."),
           ratio: Optional[float] = typer.Option(None, "--ratio", help="Share of layers to remove (floor of R x layers)."),
-          data: str = DataOpt, metric: str = MetricOpt, samples: int = SamplesOpt, seq_len: int = SeqLenOpt,
+          data: str = DataOpt, metric: Optional[str] = PruneMetricOpt, strategy: str = StrategyOpt,
+          samples: int = SamplesOpt, seq_len: int = SeqLenOpt,
           batch_size: int = BatchOpt, seed: int = SeedOpt, text_field: str = TextFieldOpt,
           protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers."),
           protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers."),
@@ -123,12 +146,15 @@ def prune(model: str = ModelArg,
     from .export import check_output_dir
     from .speed import parse_seq_lens
 
+    from .strategies import resolve
+
     check_output_dir(out, overwrite)
     if remove is None and ratio is None:
         raise DepthpruneError("give --remove N or --ratio R")
+    resolve(metric, strategy)  # a bad metric/strategy combination fails before loading the model
     bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
                      "repeats": bench_repeats, "threads": bench_threads}
-    result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, samples=samples,
+    result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, strategy=strategy, samples=samples,
                        seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field,
                        protect_first=protect_first, protect_last=protect_last, eval_ppl=eval_ppl,
                        ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
@@ -138,6 +164,9 @@ def prune(model: str = ModelArg,
                        progress=_progress())
     report = result.report
     console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
+    console.print(f"strategy {report.strategy}, metric {report.metric}")
+    if report.selection.get("order"):
+        console.print(f"removal order (0-based, original numbering): {report.selection['order']}")
     console.print(f"removed layers (0-based, original numbering): {report.removed_layers}")
     console.print(f"layers {report.num_layers_before} -> {report.num_layers_after}; "
                   f"parameters {report.params_before:,} -> {report.params_after:,} "
@@ -182,6 +211,65 @@ def _eval_options(limit: float | None, num_fewshot: int | None, data_dir: Path |
         limit = int(limit)
     return {"limit": limit, "num_fewshot": num_fewshot, "data_dir": str(data_dir) if data_dir else None,
             "batch_size": batch_size}
+
+
+def _csv_list(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise DepthpruneError(f"--{what} needs at least one name (comma-separated)")
+    return items
+
+
+@app.command()
+def sweep(model: str = ModelArg,
+          out: Path = typer.Option(..., "--out", help="Output directory: sweep.csv, sweep.json, sweep.png, angular_heatmap.png."),
+          ppl: str = typer.Option(..., "--ppl", help="Text SPEC to measure perplexity on."),
+          metrics: str = typer.Option("bi,angular,relative-magnitude,ppl,taylor,reverse-order,random", "--metrics",
+                                      help="Comma-separated metrics."),
+          strategies: str = typer.Option("one-shot", "--strategies",
+                                         help="Comma-separated strategies: one-shot, iterative, block, greedy-ppl."),
+          max_remove: Optional[int] = typer.Option(None, "--max-remove", help="Remove 1..N layers."),
+          counts: Optional[str] = typer.Option(None, "--counts", help="Instead of --max-remove: comma-separated layer counts."),
+          data: str = DataOpt, samples: int = typer.Option(32, "--samples", help="Number of calibration sequences."),
+          seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration sequence."),
+          batch_size: int = BatchOpt, seed: int = SeedOpt, text_field: str = TextFieldOpt,
+          ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for perplexity."),
+          ppl_max_tokens: int = typer.Option(16_384, "--ppl-max-tokens", help="Token budget for perplexity."),
+          protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers."),
+          protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers."),
+          dtype: str = DtypeOpt, device: str = DeviceOpt,
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+    """Perplexity vs layers removed for each metric/strategy (CSV, JSON, line plot, angular heatmap)."""
+    from .export import check_output_dir
+    from .sweep import combinations, save_sweep
+    from .sweep import sweep as api_sweep
+
+    check_output_dir(out, overwrite)
+    metric_list, strategy_list = _csv_list(metrics, "metrics"), _csv_list(strategies, "strategies")
+    combinations(metric_list, strategy_list)
+    count_list = None
+    if counts is not None:
+        try:
+            count_list = [int(c) for c in _csv_list(counts, "counts")]
+        except ValueError:
+            raise DepthpruneError(f"--counts must be comma-separated whole numbers, got '{counts}'") from None
+    result = api_sweep(model, metrics=metric_list, strategies=strategy_list, max_remove=max_remove, counts=count_list,
+                       data=data, ppl=ppl, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                       text_field=text_field, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
+                       protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
+                       progress=_progress())
+    table = Table(title=f"perplexity on {ppl} vs layers removed (dense {result.dense['ppl']:.2f})")
+    lines = result.lines()
+    table.add_column("metric/strategy")
+    for n in result.counts:
+        table.add_column(f"-{n}", justify="right")
+    for key, pts in lines.items():
+        table.add_row(key, *[f"{v:.2f}" for _, v in pts[1:]])
+    console.print(table)
+    for note in result.skipped:
+        console.print(f"skipped {note}")
+    save_sweep(result, out, overwrite=overwrite)
+    console.print(f"wrote {out}/sweep.csv, sweep.json, sweep.png, angular_heatmap.png")
 
 
 @app.command("eval")

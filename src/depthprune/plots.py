@@ -77,6 +77,37 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
     return path
 
 
+def plot_sweep(result, path: Path, *, title: str = "") -> Path:
+    """Perplexity (log scale) against layers removed: colour = metric, line style = strategy, dense at n = 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
+    lines = result.lines()
+    metrics = sorted({key.split("/", 1)[0] for key in lines})
+    strategies = sorted({key.split("/", 1)[1] for key in lines})
+    colors = plt.get_cmap("tab10")
+    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-."}
+    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D"}
+    for key, pts in sorted(lines.items()):
+        metric, strategy = key.split("/", 1)
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, color=colors(metrics.index(metric) % 10), linestyle=styles.get(strategy, "-"),
+                marker=markers.get(strategy, "o"), markersize=3.5, linewidth=1.3, label=key)
+    ax.axhline(result.dense["ppl"], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("layers removed")
+    source = str(result.evaluation.get("source", ""))
+    ax.set_ylabel(f"perplexity ({Path(source).name or source})")
+    ax.set_xticks(sorted({0, *result.counts}))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="metric/strategy", title_fontsize=7)
+    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed "
+                 f"(dense {result.dense['ppl']:.1f})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Path, *, title: str = "") -> Path:
     """Per workload: measured speedup (dense time / pruned time) next to the ideal one from FLOPs."""
     plt = _pyplot()
@@ -92,6 +123,30 @@ def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Pat
     ax.set_ylabel("speedup over dense (×)")
     ax.legend(fontsize=8, loc="upper right", ncol=2)
     ax.set_title(title or "speedup of the pruned model", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_angular_heatmap(blocks: dict, num_layers: int, path: Path, *, title: str = "") -> Path:
+    """Gromov et al.'s heatmap: angular distance between the input of layer s and the output of layer
+    s + n - 1 (x: start layer s, 0-based; y: block size n); blank where the block would run past the end."""
+    import numpy as np
+
+    plt = _pyplot()
+    sizes = sorted(int(n) for n in blocks)
+    grid = np.full((len(sizes), num_layers), np.nan)
+    for row, n in enumerate(sizes):
+        values = blocks[n] if n in blocks else blocks[str(n)]
+        grid[row, :len(values)] = values
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * num_layers + 2), max(3.5, 0.2 * len(sizes) + 1.5)), dpi=120)
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                      extent=(-0.5, num_layers - 0.5, sizes[0] - 0.5, sizes[-1] + 0.5))
+    fig.colorbar(image, ax=ax, label="angular distance arccos(cos)/pi")
+    ax.set_xlabel("start layer s (0-based)")
+    ax.set_ylabel("block size n (layers)")
+    ax.set_title(title or "angular distance of contiguous blocks", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

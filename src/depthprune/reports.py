@@ -28,11 +28,16 @@ class ScoreReport:
     removal_order: list[int]
     tokens: int
     calibration: dict
+    block_scores: dict | None = None  # angular metrics: {block size n: distance per start layer}
+    selection: dict | None = None  # with score(strategy=..., remove=...): the layers that strategy would remove
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.block_scores is not None:
+            data["block_scores"] = {str(k): v for k, v in self.block_scores.items()}
+        return data
 
 
 @dataclass
@@ -54,6 +59,7 @@ class PruneReport:
     protect_first: int = 0
     protect_last: int = 0
     perplexity: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # removal order and strategy details
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
     command: str | None = None  # the command line that produced it (None: made through the Python API)

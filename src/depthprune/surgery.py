@@ -9,8 +9,9 @@ reloads with plain ``AutoModelForCausalLM.from_pretrained``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from torch import nn
 
@@ -103,4 +104,36 @@ def check_removable(model: nn.Module) -> None:
     layout(model)
 
 
-__all__ = ["remove_layers", "pruned_copy", "parameter_count", "validate_layer_indices", "check_removable"]
+__all__ = ["remove_layers", "pruned_copy", "pruned_view", "parameter_count", "validate_layer_indices", "check_removable"]
+
+
+@contextlib.contextmanager
+def pruned_view(model: nn.Module, layers: Sequence[int]) -> Iterator[nn.Module]:
+    """Temporarily remove ``layers`` (0-based, current numbering) from ``model`` without copying weights.
+
+    Inside the ``with`` block the model *is* the pruned model (same modules, renumbered
+    ``layer_idx``, shrunk config); on exit every change is undone. An empty ``layers``
+    yields the model unchanged.
+    """
+    layers = list(layers)
+    if not layers:
+        yield model
+        return
+    lay = layout(model)
+    original_layers = lay.layers(model)
+    config_state = dict(model.config.__dict__)
+    index_state = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in ("layer_idx", "layer_id")
+                   if isinstance(getattr(m, attr, None), int)]
+    flag_state = [(m, m.has_sliding_layers) for m in model.modules() if hasattr(m, "has_sliding_layers")]
+    try:
+        remove_layers(model, layers)
+        yield model
+    finally:
+        lay.replace_layers(model, original_layers)
+        for key in [k for k in model.config.__dict__ if k not in config_state]:
+            del model.config.__dict__[key]
+        model.config.__dict__.update(config_state)
+        for module, attr, value in index_state:
+            setattr(module, attr, value)
+        for module, value in flag_state:
+            module.has_sliding_layers = value

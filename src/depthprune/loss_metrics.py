@@ -1,0 +1,303 @@
+"""Layer importance from the language-model loss: metrics that need more than one pass.
+
+* ``ppl``: calibration perplexity with each single layer skipped (Shortened LLaMA's PPL
+  criterion; higher = removing the layer hurts more = more important).
+* ``taylor``: first-order Taylor importance ``sum_k |w_k * dL/dw_k|`` over each layer's weights,
+  with ``L`` the mean next-token loss over every real calibration token (pads masked), the
+  gradient accumulated over all batches before taking the absolute value.
+* :func:`greedy_ppl`: SLEB-style greedy removal, one layer per step, each step removing the layer
+  whose removal raises calibration loss least.
+
+Skipping layers never reloads or copies the model. :class:`CachedLayerRunner` runs the model once
+per calibration batch and keeps the hidden state entering every decoder layer together with the
+exact positional/keyword arguments each layer was called with (captured by a forward pre-hook, so
+rotary position embeddings, per-layer-type masks and the like are reused as the model built them;
+the KV cache is off). A candidate removal then re-runs only the layers after the candidate, calling
+the layer modules directly; the final norm, LM head and any logit soft-capping are run by the model's
+own forward with every decoder layer stubbed out to hand back the given hidden state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import layout
+from .data import CalibrationSet
+from .errors import DepthpruneError
+from .scoring import _first_tensor, input_device
+
+log = logging.getLogger(__name__)
+
+
+def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over real targets (as in perplexity) and their count; row by row to bound memory."""
+    keep = mask[:, 1:].bool() & mask[:, :-1].bool()
+    total = logits.new_zeros((), dtype=torch.float32)
+    for row in range(logits.shape[0]):
+        k = keep[row]
+        if bool(k.any()):
+            total = total + F.cross_entropy(logits[row, :-1][k].float(), input_ids[row, 1:][k], reduction="sum")
+    return total, int(keep.sum())
+
+
+@dataclass
+class _LayerCall:
+    args: tuple            # positional arguments after the hidden states
+    kwargs: dict           # keyword arguments (without the hidden states)
+    hidden_positional: bool
+    output_tail: tuple | None  # extra tuple entries of the layer output, None if it returns a tensor
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    inputs: list[torch.Tensor]       # inputs[j]: hidden state entering layer j under the current removals
+    calls: list[_LayerCall]
+    final: torch.Tensor | None = None
+
+
+@dataclass
+class CachedLayerRunner:
+    """The calibration set run once, with what each layer saw, so that removals re-run only the layers after them."""
+
+    model: nn.Module
+    calibration: CalibrationSet
+    batch_size: int = 8
+    progress: bool = True
+    removed: list[int] = field(default_factory=list)
+    layer_runs: int = 0   # decoder-layer calls made after the capture pass (for the cost benchmark)
+    tail_runs: int = 0
+
+    def __post_init__(self) -> None:
+        self.layers = layout(self.model).layers(self.model)
+        self.num_layers = len(self.layers)
+        self.device = input_device(self.model)
+        self.batches: list[_Batch] = []
+        self.targets = 0
+        self._capture()
+
+    def _capture(self) -> None:
+        calls: dict[int, _LayerCall] = {}
+        inputs: dict[int, torch.Tensor] = {}
+        final: dict[str, torch.Tensor] = {}
+
+        def pre_hook(index):
+            def hook(module, args, kwargs):
+                if args:
+                    x, rest, positional = args[0], tuple(args[1:]), True
+                else:
+                    x, rest, positional = kwargs["hidden_states"], (), False
+                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                if kw.get("use_cache"):
+                    kw["use_cache"] = False
+                inputs[index] = x
+                calls[index] = _LayerCall(rest, kw, positional, None)
+            return hook
+
+        def post_hook(index):
+            def hook(module, args, kwargs, output):
+                if isinstance(output, tuple):
+                    calls[index].output_tail = tuple(output[1:])
+                if index == self.num_layers - 1:
+                    final["h"] = _first_tensor(output)
+            return hook
+
+        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        handles += [layer.register_forward_hook(post_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        try:
+            with torch.inference_mode():
+                for ids, mask in tqdm(self.calibration.batches(self.batch_size),
+                                      total=self.calibration.num_batches(self.batch_size), desc="caching layer inputs",
+                                      disable=not self.progress, unit="batch"):
+                    ids, mask = ids.to(self.device), mask.to(self.device)
+                    calls.clear(), inputs.clear(), final.clear()
+                    self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    if len(inputs) != self.num_layers:
+                        raise RuntimeError("the forward pass did not call every decoder layer")
+                    self.batches.append(_Batch(ids, mask, [inputs[j] for j in range(self.num_layers)],
+                                               [calls[j] for j in range(self.num_layers)], final["h"]))
+                    self.targets += int((mask[:, 1:].bool() & mask[:, :-1].bool()).sum())
+        finally:
+            for h in handles:
+                h.remove()
+        if self.targets == 0:
+            raise DepthpruneError("the calibration set has no next-token targets; use longer sequences")
+
+    # -- running pieces ---------------------------------------------------------------------------
+
+    def run_layer(self, batch: _Batch, j: int, h: torch.Tensor) -> torch.Tensor:
+        call = batch.calls[j]
+        layer = self.layers[j]
+        out = layer(h, *call.args, **call.kwargs) if call.hidden_positional else layer(hidden_states=h, **call.kwargs)
+        self.layer_runs += 1
+        return _first_tensor(out)
+
+    @contextlib.contextmanager
+    def _stubbed_layers(self, batch: _Batch, h: torch.Tensor) -> Iterator[None]:
+        """Every decoder layer hands back ``h`` (in its own output structure) without computing anything."""
+        saved = []
+        for j, layer in enumerate(self.layers):
+            tail = batch.calls[j].output_tail
+
+            def stub(*args, _tail=tail, **kwargs):
+                return h if _tail is None else (h, *_tail)
+
+            saved.append((layer, layer.__dict__.get("forward")))
+            layer.forward = stub
+        try:
+            yield
+        finally:
+            for layer, previous in saved:
+                if previous is None:
+                    del layer.forward
+                else:
+                    layer.forward = previous
+
+    def tail_nll(self, batch: _Batch, h: torch.Tensor) -> float:
+        """Summed next-token NLL when ``h`` is the last decoder layer's output (final norm, head run by the model)."""
+        with self._stubbed_layers(batch, h):
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.mask, use_cache=False).logits
+        self.tail_runs += 1
+        return float(next_token_nll(logits, batch.input_ids, batch.mask)[0])
+
+    def loss_without(self, candidate: int | None) -> float:
+        """Mean calibration NLL with the committed removals plus ``candidate`` skipped (None: only the committed)."""
+        gone = set(self.removed) | ({candidate} if candidate is not None else set())
+        start = candidate if candidate is not None else self.num_layers
+        total = 0.0
+        with torch.inference_mode():
+            for batch in self.batches:
+                h = batch.inputs[start] if start < self.num_layers else batch.final
+                for j in range(start, self.num_layers):
+                    if j not in gone:
+                        h = self.run_layer(batch, j, h)
+                total += self.tail_nll(batch, h)
+        return total / self.targets
+
+    def commit(self, layer: int) -> None:
+        """Remove ``layer`` for good: refresh the cached inputs of every layer after it."""
+        if layer in self.removed:
+            return
+        self.removed.append(layer)
+        gone = set(self.removed)
+        with torch.inference_mode():
+            for batch in self.batches:
+                h = batch.inputs[layer]
+                for j in range(layer + 1, self.num_layers):
+                    batch.inputs[j] = h
+                    if j not in gone:
+                        h = self.run_layer(batch, j, h)
+                batch.final = h
+
+
+def ppl_scores(model: nn.Module, calibration: CalibrationSet, *, batch_size: int = 8, progress: bool = True,
+               runner: CachedLayerRunner | None = None) -> list[float]:
+    """Calibration perplexity with each single layer skipped (one-shot ranking; higher = more important)."""
+    runner = runner or CachedLayerRunner(model, calibration, batch_size=batch_size, progress=progress)
+    scores = []
+    for c in tqdm(range(runner.num_layers), desc="ppl: skipping each layer", disable=not progress, unit="layer"):
+        scores.append(math.exp(runner.loss_without(c)))
+    return scores
+
+
+@dataclass
+class GreedyResult:
+    order: list[int]            # removal order, 0-based original numbering
+    losses: list[float]         # mean calibration NLL after each step
+    first_step_ppl: list[float]  # calibration PPL with each single layer skipped (step 1)
+    dense_loss: float
+
+
+def greedy_ppl(model: nn.Module, calibration: CalibrationSet, n: int, *, protect_first: int = 0,
+               protect_last: int = 0, batch_size: int = 8, progress: bool = True) -> GreedyResult:
+    """SLEB-style greedy removal with cached activations: ``n`` steps, each removing the layer whose
+    removal gives the lowest calibration loss (ties: lower index)."""
+    from .selection import protected_layers
+
+    runner = CachedLayerRunner(model, calibration, batch_size=batch_size, progress=progress)
+    total = runner.num_layers
+    protected = protected_layers(total, protect_first, protect_last)
+    candidates = [i for i in range(total) if i not in protected]
+    if n > len(candidates):
+        raise DepthpruneError(f"cannot remove {n} layers: only {len(candidates)} of {total} are not protected "
+                              f"(--protect-first {protect_first}, --protect-last {protect_last})")
+    dense = runner.loss_without(None)
+    order, losses, first = [], [], [float("nan")] * total
+    for step in tqdm(range(n), desc="greedy-ppl", disable=not progress, unit="layer"):
+        # step 1 also scores the protected layers, so the report has a full per-layer ppl profile
+        pool = range(total) if step == 0 else [c for c in candidates if c not in runner.removed]
+        trial = {c: runner.loss_without(c) for c in pool}
+        if step == 0:
+            first = [math.exp(trial[c]) for c in range(total)]
+        best = min((c for c in trial if c not in protected), key=lambda c: (trial[c], c))
+        runner.commit(best)
+        order.append(best)
+        losses.append(trial[best])
+        log.info("greedy-ppl step %d: removed layer %d, calibration ppl %.3f", step + 1, best, math.exp(trial[best]))
+    return GreedyResult(order, losses, first, dense)
+
+
+def taylor_scores(model: nn.Module, calibration: CalibrationSet, *, batch_size: int = 8,
+                  progress: bool = True) -> list[float]:
+    """First-order Taylor importance per layer: sum over its weights of |w * dL/dw| (float32 accumulation)."""
+    layers = layout(model).layers(model)
+    device = input_device(model)
+    params = list(model.parameters())
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [p.grad for p in params]
+    layer_params = [list(layer.parameters()) for layer in layers]
+    in_layers = {id(p) for ps in layer_params for p in ps}
+    targets = int((calibration.attention_mask[:, 1:].bool() & calibration.attention_mask[:, :-1].bool()).sum())
+    if targets == 0:
+        raise DepthpruneError("the calibration set has no next-token targets; use longer sequences")
+    try:
+        for p in params:
+            p.requires_grad_(id(p) in in_layers)
+            p.grad = None
+        with torch.enable_grad():
+            for ids, mask in tqdm(calibration.batches(batch_size), total=calibration.num_batches(batch_size),
+                                  desc="taylor: backward", disable=not progress, unit="batch"):
+                ids, mask = ids.to(device), mask.to(device)
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                nll, _ = next_token_nll(logits, ids, mask)
+                (nll / targets).backward()
+        scores = []
+        for ps in layer_params:
+            total = torch.zeros((), dtype=torch.float64)
+            for p in ps:
+                if p.grad is not None:
+                    total += (p.detach().float() * p.grad.float()).abs().sum(dtype=torch.float64).cpu()
+            scores.append(float(total))
+        return scores
+    finally:
+        for p, flag, grad in zip(params, saved_flags, saved_grads):
+            p.grad = grad
+            p.requires_grad_(flag)
+
+
+def naive_loss(model: nn.Module, calibration: CalibrationSet, *, batch_size: int = 8) -> float:
+    """Mean next-token NLL of a full forward pass over the calibration set (reference/benchmark path)."""
+    device = input_device(model)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for ids, mask in calibration.batches(batch_size):
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            nll, k = next_token_nll(logits, ids, mask)
+            total += float(nll)
+            count += k
+    return total / count
+
+
+__all__ = ["CachedLayerRunner", "GreedyResult", "greedy_ppl", "naive_loss", "next_token_nll", "ppl_scores",
+           "taylor_scores"]

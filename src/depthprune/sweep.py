@@ -1,0 +1,258 @@
+"""Perplexity versus layers removed, for several metrics and strategies (ShortGPT's figure, any model).
+
+One model in memory, never reloaded or copied: every streaming metric comes from one forward
+pass (plus the angular distance of every block size, for the Gromov et al. heatmap), ``ppl`` and
+``taylor`` are computed once, iterative/greedy runs go once to the largest count (their removal
+sets are nested), and each distinct removal set is evaluated once on a weight-sharing pruned view
+(:func:`depthprune.surgery.pruned_view`). Layer numbers are 0-based, original numbering.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .architectures import layout
+from .data import CalibrationSet, iter_texts, sequential_windows, validate_spec
+from .errors import DepthpruneError
+from .evaluation import perplexity_on
+from .loss_metrics import naive_loss
+from .metrics import LOSS_METRICS, STREAMING_METRICS, check_metric
+from .reports import library_versions
+from .strategies import STRATEGIES, MetricScores, Selection, compute_scores, plan, resolve
+from .surgery import pruned_view
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("metric", "strategy", "n_removed", "removed_layers", "ppl", "nll", "tokens")
+
+
+@dataclass
+class SweepPoint:
+    metric: str
+    strategy: str
+    n_removed: int
+    removed_layers: list[int]
+    ppl: float
+    nll: float
+    tokens: int
+
+
+@dataclass
+class SweepResult:
+    """The table behind the plot, plus the scores and settings that produced it."""
+
+    model: str
+    model_type: str | None
+    num_layers: int
+    counts: list[int]
+    dense: dict
+    points: list[SweepPoint]
+    scores: dict[str, list[float]]
+    angular_blocks: dict[int, list[float]]
+    skipped: list[str]
+    calibration: dict
+    evaluation: dict
+    timings_s: dict
+    protect_first: int = 0
+    protect_last: int = 0
+    versions: dict = field(default_factory=library_versions)
+    indexing: str = "0-based, original numbering"
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["angular_blocks"] = {str(k): v for k, v in self.angular_blocks.items()}
+        return data
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerow(["dense", "-", 0, "", f"{self.dense['ppl']:.6g}", f"{self.dense['nll']:.6g}",
+                         self.dense["tokens"]])
+        for p in self.points:
+            writer.writerow([p.metric, p.strategy, p.n_removed, " ".join(map(str, p.removed_layers)),
+                             f"{p.ppl:.6g}", f"{p.nll:.6g}", p.tokens])
+        return buf.getvalue()
+
+    def lines(self) -> dict[str, list[tuple[int, float]]]:
+        """{'metric/strategy': [(n_removed, ppl), ...]} starting at the dense point (0, ppl)."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for p in self.points:
+            out.setdefault(f"{p.metric}/{p.strategy}", [(0, self.dense["ppl"])]).append((p.n_removed, p.ppl))
+        return out
+
+    def best(self) -> dict[int, SweepPoint]:
+        """The lowest-perplexity point for each count."""
+        best: dict[int, SweepPoint] = {}
+        for p in self.points:
+            if p.n_removed not in best or p.ppl < best[p.n_removed].ppl:
+                best[p.n_removed] = p
+        return best
+
+
+def combinations(metrics: Sequence[str], strategies: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Valid (metric, strategy) pairs in the given order, and a note for each pair that is skipped."""
+    for m in metrics:
+        check_metric(m)
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise DepthpruneError(f"unknown strategy '{s}': choose one of {', '.join(STRATEGIES)}")
+    pairs, skipped = [], []
+    for s in strategies:
+        if s == "greedy-ppl":
+            pairs.append(("ppl", s))
+            continue
+        for m in metrics:
+            try:
+                resolve(m, s)
+            except DepthpruneError as exc:
+                skipped.append(f"{m}/{s}: {exc}")
+                continue
+            pairs.append((m, s))
+    if not pairs:
+        raise DepthpruneError("no valid metric/strategy combination to sweep; see the skipped list")
+    return pairs, skipped
+
+
+def sweep_counts(total: int, max_remove: int | None, counts: Sequence[int] | None) -> list[int]:
+    if (max_remove is None) == (counts is None):
+        raise DepthpruneError("give exactly one of --max-remove N or --counts N1,N2,...")
+    chosen = list(range(1, max_remove + 1)) if max_remove is not None else sorted(set(int(c) for c in counts))
+    if not chosen or chosen[0] < 1 or chosen[-1] >= total:
+        raise DepthpruneError(f"layers to remove must be between 1 and {total - 1} for a {total}-layer model")
+    return chosen
+
+
+def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: CalibrationSet, *, metrics: Sequence[str],
+              strategies: Sequence[str], counts: Sequence[int], protect_first: int = 0, protect_last: int = 0,
+              batch_size: int = 8, ppl_batch_size: int = 1, seed: int = 0, source: str = "",
+              skip: Sequence[str] = (), precomputed: dict[str, MetricScores] | None = None,
+              progress: bool = True) -> SweepResult:
+    """The sweep on an in-memory model with ready calibration and evaluation windows.
+
+    ``skip``: "metric/strategy" pairs to leave out; ``precomputed``: ppl/taylor scores already
+    computed on the same model and calibration (not recomputed).
+    """
+    total = len(layout(model).layers(model))
+    pairs, skipped = combinations(metrics, strategies)
+    skipped += [f"{m}/{s}: left out on request" for m, s in pairs if f"{m}/{s}" in skip]
+    pairs = [(m, s) for m, s in pairs if f"{m}/{s}" not in skip]
+    timings: dict[str, float] = {}
+
+    def timed(key, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        return value
+
+    timed("bare_forward", lambda: naive_loss(model, calibration, batch_size=batch_size))
+    # one pass: every streaming metric asked for, plus angular (last token) for every block size
+    streaming = list(dict.fromkeys([m for m, _ in pairs if m in STREAMING_METRICS] + ["angular"]))
+    pre: dict[str, MetricScores] = timed(
+        "streaming_pass", lambda: compute_scores(model, calibration, streaming, batch_size=batch_size, seed=seed,
+                                                 block_sizes=range(1, total + 1), progress=progress))
+    pre.update({k: v for k, v in (precomputed or {}).items() if k in LOSS_METRICS})
+    for m in LOSS_METRICS:
+        if m in pre:
+            continue
+        if any(pm == m and s in ("one-shot", "block") for pm, s in pairs) or (m == "taylor" and (m, "iterative") in pairs):
+            pre.update(timed(f"{m}_scores", lambda m=m: compute_scores(model, calibration, [m], batch_size=batch_size,
+                                                                        progress=progress)))
+
+    selections: dict[tuple[str, str], dict[int, Selection]] = {}
+    greedy: dict[int, Selection] | None = None
+    for m, s in pairs:
+        if m == "ppl" and s in ("greedy-ppl", "iterative") and greedy is not None:
+            chosen = greedy
+        else:
+            chosen, first = timed(f"select:{m}/{s}", lambda: plan(
+                model, calibration, counts, metric=m, strategy=s, protect_first=protect_first,
+                protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre, progress=progress))
+            if m == "ppl" and s in ("greedy-ppl", "iterative"):
+                greedy = chosen
+                if "ppl" not in pre and first is not None:
+                    pre["ppl"] = first
+        selections[(m, s)] = chosen
+
+    evaluated: dict[tuple[int, ...], dict] = {}
+
+    def evaluate(removed: Sequence[int]) -> dict:
+        key = tuple(sorted(removed))
+        if key not in evaluated:
+            with pruned_view(model, key):
+                evaluated[key] = timed("evaluation", lambda: perplexity_on(
+                    model, windows, batch_size=ppl_batch_size, progress=progress,
+                    desc=f"ppl without {list(key)}" if key else "ppl dense").to_json())
+        return evaluated[key]
+
+    dense = evaluate(())
+    points = []
+    for (m, s), chosen in selections.items():
+        for n in counts:
+            r = evaluate(chosen[n].removed)
+            points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"]))
+            log.info("%s/%s n=%d removed %s ppl %.3f", m, s, n, chosen[n].removed, r["ppl"])
+    timings["distinct_removal_sets_evaluated"] = float(len(evaluated))
+    return SweepResult(
+        model=source or getattr(model.config, "_name_or_path", type(model).__name__),
+        model_type=getattr(model.config, "model_type", None), num_layers=total, counts=list(counts),
+        dense={k: dense[k] for k in ("ppl", "nll", "tokens")}, points=points,
+        scores={k: v.scores for k, v in pre.items()}, angular_blocks=pre["angular"].blocks or {}, skipped=skipped,
+        calibration=dict(calibration.settings), evaluation=dict(windows.settings),
+        timings_s={k: round(v, 3) for k, v in timings.items()}, protect_first=protect_first,
+        protect_last=protect_last)
+
+
+def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "relative-magnitude", "ppl",
+                                                               "taylor", "reverse-order", "random"),
+          strategies: Sequence[str] = ("one-shot",), max_remove: int | None = None, counts: Sequence[int] | None = None,
+          data: str | CalibrationSet = "builtin", ppl: str = "builtin:heldout", samples: int = 32, seq_len: int = 256,
+          batch_size: int = 8, seed: int = 0, text_field: str = "text", ppl_seq_len: int = 512,
+          ppl_max_tokens: int = 16_384, ppl_batch_size: int = 1, protect_first: int = 0, protect_last: int = 0,
+          dtype: str = "float32", device: str = "cpu", progress: bool = True) -> SweepResult:
+    """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy."""
+    from .api import as_loaded, calibration_set
+
+    if isinstance(data, str):
+        validate_spec(data)
+    validate_spec(ppl, allow_self=False)
+    combinations(metrics, strategies)  # bad names fail before loading anything
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    total = len(layout(loaded.model).layers(loaded.model))
+    chosen = sweep_counts(total, max_remove, counts)
+    if loaded.tokenizer is None:
+        raise DepthpruneError("a sweep needs the tokenizer to read the evaluation text; pass tokenizer=")
+    calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed, text_field=text_field,
+                                  batch_size=batch_size, progress=progress)
+    windows = sequential_windows(loaded.tokenizer, iter_texts(ppl, text_field=text_field), seq_len=ppl_seq_len,
+                                 max_tokens=ppl_max_tokens, source=ppl)
+    result = run_sweep(loaded.model, loaded.tokenizer, calibration, windows, metrics=metrics, strategies=strategies,
+                       counts=chosen, protect_first=protect_first, protect_last=protect_last, batch_size=batch_size,
+                       ppl_batch_size=ppl_batch_size, seed=seed, source=loaded.source, progress=progress)
+    result.model_type = loaded.info.get("model_type") or result.model_type
+    return result
+
+
+def save_sweep(result: SweepResult, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write sweep.csv, sweep.json, sweep.png (ppl vs layers removed) and angular_heatmap.png, atomically."""
+    from .export import atomic_directory
+    from .plots import plot_angular_heatmap, plot_sweep
+
+    with atomic_directory(out, overwrite) as tmp:
+        (tmp / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
+        (tmp / "sweep.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        plot_sweep(result, tmp / "sweep.png")
+        if result.angular_blocks:
+            plot_angular_heatmap(result.angular_blocks, result.num_layers, tmp / "angular_heatmap.png",
+                                 title=f"{result.model}: angular distance (last token)")
+    return Path(out).expanduser()
+
+
+__all__ = ["SweepPoint", "SweepResult", "combinations", "run_sweep", "save_sweep", "sweep", "sweep_counts"]
