@@ -118,11 +118,15 @@ def read_evals(directory: Path | str, prune: dict) -> tuple[dict | None, dict, l
         evals[role].update(tasks)
         for key in META_KEYS:
             if data.get(key) is not None:
-                evals["meta"].setdefault(key, data[key])
-        if isinstance(data.get("command"), str):
+                seen = evals["meta"].setdefault(key, [])
+                if data[key] not in seen:
+                    seen.append(data[key])
+        if isinstance(data.get("command"), str) and data["command"] not in commands:
             commands.append(data["command"])
     if not evals["dense"] and not evals["pruned"]:
         return None, files, commands
+    # one value per setting, or all distinct ones when files differ (e.g. MMLU run with a smaller limit)
+    evals["meta"] = {k: v[0] if len(v) == 1 else " / ".join(map(str, v)) for k, v in evals["meta"].items()}
     return evals, files, commands
 
 
@@ -189,7 +193,8 @@ def _commands(inputs: ReportInputs) -> list[tuple[str, str]]:
     note = " (equivalent command reconstructed from depthprune.json, which records none)" if reconstructed else ""
     out = [("prune" + note, cmd)]
     for c in inputs.eval_commands:
-        out.append(("task evaluation", c))
+        if c != cmd:  # prune --eval-tasks records the prune command itself
+            out.append(("task evaluation", c))
     if inputs.bench and inputs.bench.get("command") and inputs.bench["command"] != cmd:
         out.append(("speed", inputs.bench["command"]))
     out.append(("this report", shlex.join(["depthprune", "report", str(inputs.directory)])))
