@@ -15,14 +15,6 @@ from depthprune.strategies import compute_scores
 
 from tiny import batch, final_norm, tiny_model
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine makes multi-thread barriers crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 FAMILIES = ["llama", "gpt2", "gemma3", "opt"]
 

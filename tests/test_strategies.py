@@ -18,15 +18,6 @@ from depthprune.surgery import pruned_view
 from tiny import batch, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine makes multi-thread barriers crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def full_loss(model, ids, mask):
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
