@@ -83,7 +83,6 @@ def plot_sweep(result, path: Path, *, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
     lines = result.lines()
     metrics = sorted({key.split("/", 1)[0] for key in lines})
-    strategies = sorted({key.split("/", 1)[1] for key in lines})
     colors = plt.get_cmap("tab10")
     styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-."}
     markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D"}
