@@ -94,6 +94,18 @@ def test_prune_happy_path_reloads_and_generates(work):
     assert not [p for p in root.iterdir() if p.name.startswith(".pruned")], "temp dirs left behind"
 
 
+def test_output_parents_are_created(work, tmp_path):
+    root, model = work
+    out = tmp_path / "runs" / "new" / "pruned"
+    result = run("prune", model, "--remove", 1, "--data", root / "calib.txt", *CALIB, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert (out / "depthprune.json").is_file()
+    scores = tmp_path / "fresh" / "scores.json"
+    result = run("score", model, "--data", root / "calib.txt", *CALIB, "--out", scores)
+    assert result.returncode == 0, result.stderr
+    assert scores.is_file() and scores.with_suffix(".png").is_file()
+
+
 def test_eval_perplexity(work):
     root, model = work
     result = run("eval", model, "--ppl", root / "calib.txt", "--seq-len", 32, "--max-tokens", 100,

@@ -98,8 +98,6 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
     out = out.expanduser()
     if out.exists() and not overwrite:
         raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
-    if not out.parent.exists():
-        raise DepthpruneError(f"directory {out.parent} for --out does not exist")
     report = api_score(model, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
                        seed=seed, text_field=text_field, strategy=strategy, remove=remove,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
@@ -370,8 +368,6 @@ def bench(model: str = ModelArg,
     from .speed import benchmark, compare, parse_seq_lens
 
     lens = parse_seq_lens(seq_lens)
-    if json_out is not None and not json_out.expanduser().parent.exists():
-        raise DepthpruneError(f"directory {json_out.parent} for --json does not exist")
     options = dict(seq_lens=lens, prompt_len=prompt_len, decode_tokens=decode_tokens, batch_size=batch_size,
                    repeats=repeats, warmup=warmup, dtype=dtype, device=device, threads=threads,
                    progress=_progress())

@@ -22,8 +22,8 @@ def check_output_dir(out: Path | str, overwrite: bool) -> Path:
         raise DepthpruneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise DepthpruneError(f"output path {out} exists and is not a directory")
-    if not out.parent.exists():
-        raise DepthpruneError(f"parent directory {out.parent} of the output does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise DepthpruneError(f"cannot write {out}: {out.parent} is a file, not a directory")
     return out
 
 
@@ -31,6 +31,7 @@ def check_output_dir(out: Path | str, overwrite: bool) -> Path:
 def atomic_directory(out: Path | str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out``, on any failure it vanishes."""
     out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)  # like mkdir -p: `--out runs/new/model` just works
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
@@ -69,6 +70,7 @@ def write_json_atomic(path: Path | str, data: dict) -> Path:
 def write_file_atomic(path: Path | str, writer) -> Path:
     """Call ``writer(tmp_path)`` then rename the temp file to ``path`` (for plots and the like)."""
     path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
