@@ -216,7 +216,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
         evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
         model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric, strategy=strategy,
-        removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
+        removed_layers=removed, kept_layers=sorted(set(range(total)) - set(removed)),
         num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
         params_after=parameter_count(pruned), scores=list(first.scores) if first else [],
         calibration=calibration_settings, protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
