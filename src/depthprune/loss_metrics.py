@@ -287,16 +287,9 @@ def taylor_scores(model: nn.Module, calibration: CalibrationSet, *, batch_size: 
 
 def naive_loss(model: nn.Module, calibration: CalibrationSet, *, batch_size: int = 8) -> float:
     """Mean next-token NLL of a full forward pass over the calibration set (reference/benchmark path)."""
-    device = input_device(model)
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for ids, mask in calibration.batches(batch_size):
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            nll, k = next_token_nll(logits, ids, mask)
-            total += float(nll)
-            count += k
-    return total / count
+    from .evaluation import perplexity_on
+
+    return perplexity_on(model, calibration, batch_size=batch_size, progress=False).nll
 
 
 __all__ = ["CachedLayerRunner", "GreedyResult", "greedy_ppl", "naive_loss", "next_token_nll", "ppl_scores",
