@@ -30,7 +30,7 @@ from .models import LoadedModel, load_model
 from .reports import PruneReport, ScoreReport
 from .metrics import check_metric
 from .selection import ascending_order, check_removal_request, removal_count
-from .strategies import MetricScores, compute_scores, resolve, select
+from .strategies import MetricScores, apply_selection, compute_scores, resolve, select
 from .surgery import parameter_count, pruned_copy, remove_layers
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
-          progress: bool = True) -> PruneResult:
+          progress: bool = True, laco=None) -> PruneResult:
     """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
     Strategies: ``one-shot`` (default metric bi), ``iterative`` (bi), ``block`` (angular) and
@@ -152,6 +152,8 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     ``eval_tasks`` runs lm-evaluation-harness tasks on the dense and the pruned model
     (:func:`depthprune.evaluation.evaluate_tasks`, ``eval_options``: data_dir, limit, num_fewshot,
     batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
+    ``laco``: LaCo settings for ``strategy="laco"`` (a :class:`depthprune.merging.LacoSettings` or a
+    ``"C=3,L=1,I=1,T=0.5"`` string); the merged layers' weights change, the merged-away layers go.
     """
     check_removal_request(remove, ratio)
     if scores is not None and metric is None:
@@ -187,7 +189,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
         calibration_settings = dict(calibration.settings)
     chosen, first = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
                            protect_first=protect_first, protect_last=protect_last, batch_size=batch_size, seed=seed,
-                           precomputed=precomputed, progress=progress)
+                           precomputed=precomputed, progress=progress, laco=laco)
     removed = chosen.removed
 
     ppl: dict = {}
@@ -209,7 +211,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     params_before = parameter_count(loaded.model)
     if bench:
         in_place = False  # the dense model is needed for the side-by-side measurement
-    pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
+    pruned = apply_selection(loaded.model, chosen, in_place=in_place)  # laco: merged, then removed
     if eval_ppl is not None:
         ppl["pruned"] = measure(pruned)
     if eval_tasks is not None:
@@ -238,3 +240,13 @@ def sweep(model, tokenizer=None, **kwargs):
     from .sweep import sweep as _sweep
 
     return _sweep(model, tokenizer, **kwargs)
+
+
+# --- width (issue 11) -------------------------------------------------------------------------------
+
+def heads(model, tokenizer=None, **kwargs):
+    """Attention head / KV-group importance and pattern statistics; see :func:`depthprune.width.score_heads`.
+    Returns (HeadReport, LoadedModel)."""
+    from .width import score_heads
+
+    return score_heads(model, tokenizer, **kwargs)

@@ -40,7 +40,8 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, or auto (ac
 METRIC_HELP = ("Importance metric: bi, angular, angular-all, relative-magnitude, ppl, taylor, reverse-order, random.")
 MetricOpt = typer.Option("bi", "--metric", help=METRIC_HELP)
 PruneMetricOpt = typer.Option(None, "--metric", help=METRIC_HELP + " Default: bi (one-shot, iterative), angular (block), ppl (greedy-ppl).")
-StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block or greedy-ppl.")
+StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block, greedy-ppl or laco (merge layers).")
+LacoOpt = typer.Option(None, "--laco", help="LaCo settings for --strategy laco: C=3,L=1,H=LAST,I=1,T=0.5 (merge size, lowest/highest layer, interval, similarity threshold).")
 
 
 @app.callback()
@@ -138,6 +139,7 @@ def prune(model: str = ModelArg,
           eval_limit: Optional[float] = typer.Option(None, "--eval-limit", help="lm-eval documents per task (int) or share (<1)."),
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
+          laco: Optional[str] = LacoOpt,
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
     from .api import prune as api_prune
@@ -150,6 +152,10 @@ def prune(model: str = ModelArg,
     if remove is None and ratio is None:
         raise DepthpruneError("give --remove N or --ratio R")
     resolve(metric, strategy)  # a bad metric/strategy combination fails before loading the model
+    if laco is not None:  # LaCo settings: checked before loading
+        from .merging import LacoSettings
+
+        LacoSettings.parse(laco)
     bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
                      "repeats": bench_repeats, "threads": bench_threads}
     result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, strategy=strategy, samples=samples,
@@ -159,7 +165,7 @@ def prune(model: str = ModelArg,
                        in_place=True, bench=bench, bench_options=bench_options, command=command_line(),
                        eval_tasks=eval_tasks, eval_options=_eval_options(eval_limit, eval_num_fewshot, eval_data_dir,
                                                                          batch_size),
-                       progress=_progress())
+                       progress=_progress(), laco=laco)
     report = result.report
     console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
     console.print(f"strategy {report.strategy}, metric {report.metric}")
@@ -395,6 +401,65 @@ def report(directory: Path = typer.Argument(..., help="Output directory of `dept
 
     paths = write_report(directory)
     console.print(f"wrote {paths.markdown}, {paths.html} and refreshed {paths.model_card}")
+
+
+# --- width: `depthprune heads` (issue 11) -----------------------------------------------------------
+
+@app.command()
+def heads(model: str = ModelArg, data: str = DataOpt,
+          out: Path = typer.Option(..., "--out", help="Output directory: heads.json, heads.png (and model/ with --remove-per-layer)."),
+          samples: int = typer.Option(16, "--samples", help="Calibration sequences (split into two disjoint halves)."),
+          seq_len: int = typer.Option(128, "--seq-len", help="Tokens per calibration sequence."),
+          batch_size: int = BatchOpt, seed: int = SeedOpt, text_field: str = TextFieldOpt,
+          metrics: str = typer.Option("loss,oproj-norm", "--metrics", help="Head scores: loss (masked loss increase), oproj-norm."),
+          units: str = typer.Option("group,query", "--units", help="group (KV group), query (query head), or both."),
+          remove_per_layer: Optional[int] = typer.Option(None, "--remove-per-layer", help="Also remove the K least important units of every layer."),
+          remove_unit: str = typer.Option("group", "--remove-unit", help="Unit removed by --remove-per-layer: group or query."),
+          select_by: str = typer.Option("loss", "--select-by", help="Score that picks the units to remove: loss or oproj-norm."),
+          ppl: Optional[str] = typer.Option(None, "--ppl", help="Text SPEC: perplexity dense vs heads removed."),
+          ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for perplexity."),
+          ppl_max_tokens: int = typer.Option(4096, "--ppl-max-tokens", help="Token budget for perplexity."),
+          dtype: str = DtypeOpt, device: str = DeviceOpt,
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+    """Importance of every attention head / KV group per layer, pattern statistics vs layer importance, head removal."""
+    from .data import validate_spec
+    from .export import check_output_dir
+    from .width import remove_lowest_heads, save_heads, score_heads
+
+    check_output_dir(out, overwrite)
+    if ppl is not None:
+        validate_spec(ppl, allow_self=False)
+    if remove_per_layer is not None and remove_per_layer < 1:
+        raise DepthpruneError(f"--remove-per-layer must be at least 1, got {remove_per_layer}")
+    metric_list, unit_list = _csv_list(metrics, "metrics"), _csv_list(units, "units")
+    if remove_per_layer is not None and (select_by not in metric_list or remove_unit not in unit_list):
+        raise DepthpruneError(f"--select-by {select_by} --remove-unit {remove_unit} needs those scores: "
+                              f"add {select_by} to --metrics and {remove_unit} to --units")
+    report, loaded = score_heads(model, data=data, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                                 text_field=text_field, metrics=metric_list, units=unit_list, dtype=dtype,
+                                 device=device, progress=_progress())
+    table = Table(title=f"pattern statistics (two disjoint calibration halves of {samples // 2} sequences)")
+    for col in ("scores", "split-half rho", "within-layer split-half rho", "neighbour-layer rho", "depth rho",
+                "between-layer share"):
+        table.add_column(col, justify="right")
+    for key, st in report.patterns.items():
+        table.add_row(key, *[f"{st[k]:.3f}" if k in st else "-" for k in (
+            "split_half_spearman", "split_half_within_layer_spearman", "neighbour_layer_spearman", "depth_spearman",
+            "between_layer_share")])
+    console.print(table)
+    removal = pruned = None
+    if remove_per_layer is not None:
+        removal, pruned = remove_lowest_heads(loaded.model, loaded.tokenizer, report, per_layer=remove_per_layer,
+                                              unit=remove_unit, select_by=select_by, ppl=ppl, ppl_seq_len=ppl_seq_len,
+                                              ppl_max_tokens=ppl_max_tokens, progress=_progress())
+        kind = "removed (checkpoint in model/)" if removal.checkpoint else f"masked only: {removal.reason}"
+        console.print(f"heads {kind}; {removal.parameter_share:.1%} of parameters")
+        for role, r in removal.perplexity.items():
+            console.print(f"perplexity {role}: {r['ppl']:.2f}")
+    save_heads(report, out, removal=removal, pruned=pruned, tokenizer=loaded.tokenizer, overwrite=overwrite)
+    console.print(f"wrote {out}/heads.json, heads.png" + (", model/" if pruned is not None else ""))
+
+# --- end width ----------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:

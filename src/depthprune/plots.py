@@ -84,8 +84,8 @@ def plot_sweep(result, path: Path, *, title: str = "") -> Path:
     lines = result.lines()
     metrics = sorted({key.split("/", 1)[0] for key in lines})
     colors = plt.get_cmap("tab10")
-    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-."}
-    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D"}
+    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-.", "laco": (0, (5, 1, 1, 1))}
+    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D", "laco": "x"}
     for key, pts in sorted(lines.items()):
         metric, strategy = key.split("/", 1)
         xs, ys = zip(*pts)

@@ -109,6 +109,9 @@ def combinations(metrics: Sequence[str], strategies: Sequence[str]) -> tuple[lis
         if s == "greedy-ppl":
             pairs.append(("ppl", s))
             continue
+        if s == "laco":
+            pairs.append(("similarity", s))
+            continue
         for m in metrics:
             try:
                 resolve(m, s)
@@ -134,7 +137,7 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
               strategies: Sequence[str], counts: Sequence[int], protect_first: int = 0, protect_last: int = 0,
               batch_size: int = 8, ppl_batch_size: int = 1, seed: int = 0, source: str = "",
               skip: Sequence[str] = (), precomputed: dict[str, MetricScores] | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, laco=None) -> SweepResult:
     """The sweep on an in-memory model with ready calibration and evaluation windows.
 
     ``skip``: "metric/strategy" pairs to leave out; ``precomputed``: ppl/taylor scores already
@@ -174,7 +177,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
         else:
             chosen, first = timed(f"select:{m}/{s}", lambda: plan(
                 model, calibration, counts, metric=m, strategy=s, protect_first=protect_first,
-                protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre, progress=progress))
+                protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre, progress=progress,
+                laco=laco))
             if m == "ppl" and s in ("greedy-ppl", "iterative"):
                 greedy = chosen
                 if "ppl" not in pre and first is not None:
@@ -192,11 +196,20 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
                     desc=f"ppl without {list(key)}" if key else "ppl dense").to_json())
         return evaluated[key]
 
+    def evaluate_merged(selection: Selection) -> dict:  # laco: the merged weights differ from the dense ones
+        from .strategies import apply_selection
+
+        merged = apply_selection(model, selection)
+        r = timed("evaluation", lambda: perplexity_on(merged, windows, batch_size=ppl_batch_size, progress=progress,
+                                                      desc=f"ppl laco {selection.details['merges']}").to_json())
+        del merged
+        return r
+
     dense = evaluate(())
     points = []
     for (m, s), chosen in selections.items():
         for n in counts:
-            r = evaluate(chosen[n].removed)
+            r = evaluate_merged(chosen[n]) if s == "laco" else evaluate(chosen[n].removed)
             points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"]))
             log.info("%s/%s n=%d removed %s ppl %.3f", m, s, n, chosen[n].removed, r["ppl"])
     timings["distinct_removal_sets_evaluated"] = float(len(evaluated))
@@ -216,8 +229,9 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
           data: str | CalibrationSet = "builtin", ppl: str = "builtin:heldout", samples: int = 32, seq_len: int = 256,
           batch_size: int = 8, seed: int = 0, text_field: str = "text", ppl_seq_len: int = 512,
           ppl_max_tokens: int = 16_384, ppl_batch_size: int = 1, protect_first: int = 0, protect_last: int = 0,
-          dtype: str = "float32", device: str = "cpu", progress: bool = True) -> SweepResult:
-    """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy."""
+          dtype: str = "float32", device: str = "cpu", progress: bool = True, laco=None) -> SweepResult:
+    """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy.
+    ``laco``: LaCo settings for the ``laco`` strategy (LacoSettings or "C=..,T=.." string)."""
     from .api import as_loaded, calibration_set
 
     if isinstance(data, str):
@@ -235,7 +249,8 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
                                  max_tokens=ppl_max_tokens, source=ppl)
     result = run_sweep(loaded.model, loaded.tokenizer, calibration, windows, metrics=metrics, strategies=strategies,
                        counts=chosen, protect_first=protect_first, protect_last=protect_last, batch_size=batch_size,
-                       ppl_batch_size=ppl_batch_size, seed=seed, source=loaded.source, progress=progress)
+                       ppl_batch_size=ppl_batch_size, seed=seed, source=loaded.source, progress=progress,
+                       laco=laco)
     result.model_type = loaded.info.get("model_type") or result.model_type
     return result
 

@@ -46,7 +46,12 @@ def score_heads(model, tokenizer=None, *, data: str | CalibrationSet = "builtin"
     """Head importance on ``samples`` calibration sequences split into two disjoint halves.
     Returns (report, loaded model) so that a caller can go on to remove heads without reloading."""
     from ..api import as_loaded, calibration_set
+    from .importance import check_units
 
+    bad = [m for m in metrics if m not in HEAD_METRICS]
+    if bad:
+        raise DepthpruneError(f"unknown head metric '{bad[0]}': choose from {', '.join(HEAD_METRICS)}")
+    check_units(units)
     if isinstance(data, str):
         validate_spec(data)
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
