@@ -242,6 +242,12 @@ def sweep(model: str = ModelArg,
           protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers."),
           protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers."),
           dtype: str = DtypeOpt, device: str = DeviceOpt,
+          # --- issue 11: LaCo settings and lm-eval accuracy per sweep point ---
+          laco: Optional[str] = LacoOpt,
+          tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks run at every point (e.g. mmlu,hellaswag): accuracy columns and a second plot panel."),
+          limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval documents per task (int) or share (<1); per subtask for mmlu."),
+          task_data_dir: Optional[Path] = typer.Option(None, "--task-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
+          # --- end issue 11 ---
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Perplexity vs layers removed for each metric/strategy (CSV, JSON, line plot, angular heatmap)."""
     from .export import check_output_dir
@@ -257,7 +263,13 @@ def sweep(model: str = ModelArg,
             count_list = [int(c) for c in _csv_list(counts, "counts")]
         except ValueError:
             raise DepthpruneError(f"--counts must be comma-separated whole numbers, got '{counts}'") from None
-    result = api_sweep(model, metrics=metric_list, strategies=strategy_list, max_remove=max_remove, counts=count_list,
+    if laco is not None:
+        from .merging import LacoSettings
+
+        LacoSettings.parse(laco)
+    task_options = _eval_options(limit, None, task_data_dir, batch_size) if tasks is not None else None
+    result = api_sweep(model, laco=laco, tasks=tasks, task_options=task_options,
+                       metrics=metric_list, strategies=strategy_list, max_remove=max_remove, counts=count_list,
                        data=data, ppl=ppl, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
                        text_field=text_field, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
@@ -272,6 +284,17 @@ def sweep(model: str = ModelArg,
     console.print(table)
     for note in result.skipped:
         console.print(f"skipped {note}")
+    for task in result.dense_tasks or {}:  # issue 11: accuracy per point, sudden drops
+        acc = Table(title=f"{task} accuracy vs layers removed (dense {result.dense_tasks[task]['acc']:.3f})")
+        acc.add_column("metric/strategy")
+        for n in result.counts:
+            acc.add_column(f"-{n}", justify="right")
+        for key, pts in result.accuracy_lines(task).items():
+            acc.add_row(key, *[f"{a:.3f}" for _, a, _ in pts[1:]])
+        console.print(acc)
+        for key, ns in result.drops()[task].items():
+            if ns:
+                console.print(f"sudden drop in {task} {key} at {ns} layers removed")
     save_sweep(result, out, overwrite=overwrite)
     console.print(f"wrote {out}/sweep.csv, sweep.json, sweep.png, angular_heatmap.png")
 
