@@ -158,3 +158,38 @@ def test_lowest_units_picks_per_layer_and_maps_groups_to_heads():
     scores = [[0.5, 0.1], [0.2, 0.9], [0.3, 0.4], [0.8, 0.7]]
     assert lowest_units(scores, 1, "group", geo) == {0: [2, 3], 1: [0, 1], 2: [0, 1], 3: [2, 3]}
     assert lowest_units(scores, 0, "group", geo, total=2) == {0: [2, 3], 1: [0, 1]}
+
+
+def test_heads_cli_writes_report_heatmap_and_reloadable_checkpoint(tmp_path):
+    import json
+
+    from depthprune.cli import main
+    from tiny import tiny_checkpoint
+
+    ck = tiny_checkpoint(tmp_path / "ck", family="llama", num_layers=4)
+    out = tmp_path / "heads"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "heads", ck, "--data", "builtin", "--samples", "4", "--seq-len", "32", "--remove-per-layer", "1",
+              "--ppl", "builtin:heldout", "--ppl-seq-len", "32", "--ppl-max-tokens", "128", "--out", str(out)])
+    assert exc.value.code == 0
+    data = json.loads((out / "heads.json").read_text())
+    assert set(data["scores"]) == {"loss/group", "loss/query", "oproj-norm/group", "oproj-norm/query"}
+    assert {"layer:bi", "layer:loss", "loss/group"} <= set(data["patterns"])
+    assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"
+    removal = data["removal"]
+    assert removal["checkpoint"] and set(removal["perplexity"]) == {"dense", "heads_removed"}
+    heads = {int(k): v for k, v in removal["heads"].items()}
+    original = tf.AutoModelForCausalLM.from_pretrained(ck).eval()
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    ids, mask = batch(n=2, pad_last=2)
+    torch.testing.assert_close(logits(reloaded, ids, mask), logits(zero_heads_by_hand(original, heads), ids, mask),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_heads_cli_rejects_bad_unit_before_loading(tmp_path, capsys):
+    from depthprune.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["heads", "no-such-model", "--units", "neuron", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "unknown head unit 'neuron'" in capsys.readouterr().err
