@@ -1,44 +1,46 @@
 #!/usr/bin/env bash
 # The numbers of docs/paper-findings.md: ShortGPT's other findings on the bundled models.
-# Usage: bash bench/paper_findings.sh [SECTION...]   sections: heads sweep mmlu (default: all)
-# Small on purpose (2 shared CPU cores): calibration 8 x 128 tokens of PG-19 books (split into two
-# disjoint halves of 4 for the head statistics), perplexity on the first 4,096 tokens of
-# WikiText-2-raw test (512-token windows), lm-eval with a small --limit.
+# Usage: bash bench/paper_findings.sh [SECTION...]
+#   sections: heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 mmlu-smollm2 (default: all, in turn)
+# Small on purpose (2 CPU cores shared by several jobs): calibration 8 sequences x 64 tokens of the
+# PG-19 books (split into two disjoint halves of 4 for the head statistics; 8 x 128 for the sweeps),
+# perplexity on the first 4,096 tokens of WikiText-2-raw test (512-token windows), lm-eval with a
+# small --limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
 DATA=${DEPTHPRUNE_DATA_DIR:-$(cd .. && pwd)/shared/data}
 OUT=${OUT:-bench/results/paper-findings}
-CAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 128 --batch-size 8)
-PPL="$DATA/wikitext-2-raw/wiki.test.raw"
-SECTIONS=${*:-heads sweep mmlu}
+PPL=(--ppl "$DATA/wikitext-2-raw/wiki.test.raw" --ppl-max-tokens 4096)
+HCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 64 --batch-size 8)
+SCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 128 --batch-size 8)
+SECTIONS=${*:-heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 mmlu-smollm2}
 mkdir -p "$OUT"
 dp() { python3 -m depthprune.cli -q "$@"; }
 
 for s in $SECTIONS; do case $s in
-heads)
-  # width: head / KV-group importance, pattern statistics vs layer importance, and removing the least
-  # important unit of every layer (SmolLM2: 1 of 3 KV groups; Gemma 3: 1 of 4 query heads, its only KV group shared)
-  dp heads smollm2-135m "${CAL[@]}" --units group --remove-per-layer 1 --remove-unit group \
-     --ppl "$PPL" --ppl-max-tokens 4096 --out "$OUT/heads-smollm2-135m" --overwrite | tee "$OUT/heads-smollm2-135m.log"
-  dp heads gemma3-270m "${CAL[@]}" --units query --remove-per-layer 1 --remove-unit query \
-     --ppl "$PPL" --ppl-max-tokens 4096 --out "$OUT/heads-gemma3-270m" --overwrite | tee "$OUT/heads-gemma3-270m.log"
-  ;;
-sweep)
-  # ratio curve with accuracy, and removal (BI one-shot) vs LaCo at equal layer counts.
-  # lm-eval on SmolLM2 only (Gemma 3's 262k-token vocabulary makes every scored token ~6x dearer):
-  # HellaSwag limit 50 on every point; MMLU (57 subtasks, the limit is per subtask) limit 1 = 57
-  # questions, BI one-shot only.
-  dp sweep smollm2-135m "${CAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 \
-     --ppl "$PPL" --ppl-max-tokens 4096 --tasks hellaswag --limit 50 --task-data-dir "$DATA" \
-     --out "$OUT/sweep-smollm2-135m" --overwrite | tee "$OUT/sweep-smollm2-135m.log"
-  dp sweep gemma3-270m "${CAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 \
-     --ppl "$PPL" --ppl-max-tokens 4096 --out "$OUT/sweep-gemma3-270m" --overwrite | tee "$OUT/sweep-gemma3-270m.log"
-  ;;
-mmlu)
-  dp sweep smollm2-135m "${CAL[@]}" --metrics bi --strategies one-shot --counts 2,4,6,8 \
-     --ppl "$PPL" --ppl-max-tokens 4096 --tasks mmlu --limit 1 --task-data-dir "$DATA" \
-     --out "$OUT/sweep-mmlu-smollm2-135m" --overwrite | tee "$OUT/sweep-mmlu-smollm2-135m.log"
-  ;;
+heads-smollm2)
+  # width: KV-group importance (3 groups of 3 query heads per layer), pattern statistics vs layer
+  # importance, and removing the least important KV group of every layer (a reloadable checkpoint)
+  dp heads smollm2-135m "${HCAL[@]}" --units group --remove-per-layer 1 --remove-unit group "${PPL[@]}" \
+     --out "$OUT/heads-smollm2-135m" --overwrite | tee "$OUT/heads-smollm2-135m.log" ;;
+heads-gemma3)
+  # Gemma 3 270M: 4 query heads sharing 1 KV group per layer, so query heads are the unit. Only the
+  # one-pass o_proj score: Gemma's 262k-token LM head makes every masked partial pass ~3x dearer.
+  dp heads gemma3-270m "${HCAL[@]}" --metrics oproj-norm --units query --remove-per-layer 1 --remove-unit query \
+     --select-by oproj-norm "${PPL[@]}" --out "$OUT/heads-gemma3-270m" --overwrite | tee "$OUT/heads-gemma3-270m.log" ;;
+sweep-smollm2)
+  # ratio curve with HellaSwag accuracy (limit 20), removal (BI one-shot) vs LaCo at equal layer counts
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 "${PPL[@]}" \
+     --tasks hellaswag --limit 20 --task-data-dir "$DATA" \
+     --out "$OUT/sweep-smollm2-135m" --overwrite | tee "$OUT/sweep-smollm2-135m.log" ;;
+sweep-gemma3)
+  dp sweep gemma3-270m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 "${PPL[@]}" \
+     --out "$OUT/sweep-gemma3-270m" --overwrite | tee "$OUT/sweep-gemma3-270m.log" ;;
+mmlu-smollm2)
+  # MMLU: 57 subtasks and the limit is per subtask; limit 1 = 57 questions per point
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 4,8 "${PPL[@]}" \
+     --tasks mmlu --limit 1 --task-data-dir "$DATA" \
+     --out "$OUT/sweep-mmlu-smollm2-135m" --overwrite | tee "$OUT/sweep-mmlu-smollm2-135m.log" ;;
 *) echo "unknown section $s" >&2; exit 2;;
 esac; done
