@@ -94,7 +94,9 @@ def laco_vs_removal(root: Path) -> None:
 def accuracy(root: Path) -> None:
     from depthprune.sweep import sudden_drops
 
-    for folder in sorted(root.glob("sweep-*")):
+    for folder in sorted([*root.glob("sweep-*"), *root.glob("tasks-*")]):
+        if not (folder / "sweep.json").exists():
+            continue
         data = json.loads((folder / "sweep.json").read_text())
         if not data.get("dense_tasks"):
             continue
