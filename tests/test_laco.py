@@ -122,3 +122,26 @@ def test_bad_settings_are_clear_errors(text, fragment):
 def test_laco_refuses_a_metric():
     with pytest.raises(DepthpruneError, match="drop --metric bi"):
         dp.prune(tiny_model("llama"), remove=1, data=dp.from_tensors(*batch(n=2)), metric="bi", strategy="laco")
+
+
+def test_prune_cli_laco_saves_checkpoint(tmp_path):
+    import json
+
+    from depthprune.cli import main
+    from tiny import tiny_checkpoint
+
+    ck = tiny_checkpoint(tmp_path / "ck", family="llama", num_layers=6)
+    out = tmp_path / "merged"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "prune", ck, "--remove", "2", "--strategy", "laco", "--laco", "C=3,L=0,T=-1", "--data", "builtin",
+              "--samples", "2", "--seq-len", "32", "--out", str(out)])
+    assert exc.value.code == 0
+    report = json.loads((out / "depthprune.json").read_text())
+    assert report["strategy"] == "laco" and len(report["removed_layers"]) == 2
+    original = tf.AutoModelForCausalLM.from_pretrained(ck).eval()
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids, mask = batch(n=2)
+    expected = merged_copy(original, report["selection"]["merges"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits,
+                                   expected(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
