@@ -49,6 +49,11 @@ class LacoSettings:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def to_text(self) -> str:
+        """The ``C=..,L=..,H=..,I=..,T=..`` form that :meth:`parse` reads."""
+        h = "" if self.highest is None else f",H={self.highest}"
+        return f"C={self.merge},L={self.lowest}{h},I={self.interval},T={self.threshold}"
+
     @classmethod
     def parse(cls, text: str | None) -> "LacoSettings":
         """From ``"C=3,L=1,H=29,I=1,T=0.5"`` (any subset; paper letters or field names)."""
