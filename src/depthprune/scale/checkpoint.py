@@ -22,7 +22,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import DepthpruneError
 
@@ -174,6 +174,7 @@ class CheckpointPruneResult:
     bytes_written: int
     shards: list[str]
     seconds: float
+    model_type: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -221,11 +222,12 @@ def _copy_side_files(model_dir: Path, out: Path) -> list[str]:
 
 
 def prune_checkpoint(model_dir: str | Path, layers: Sequence[int], out: str | Path, *, overwrite: bool = False,
-                     trust_remote_code: bool = False, report: dict | None = None) -> CheckpointPruneResult:
+                     trust_remote_code: bool = False,
+                     report: dict | Callable[["CheckpointPruneResult"], dict] | None = None) -> CheckpointPruneResult:
     """Write ``model_dir`` minus ``layers`` (0-based) to ``out``: new shards, index, config, side files.
 
-    The output directory appears atomically. ``report`` (e.g. a PruneReport as JSON) is written
-    as ``depthprune.json`` beside the weights.
+    The output directory appears atomically. ``report`` (e.g. a PruneReport as JSON, or a function of
+    the result that returns it) is written as ``depthprune.json`` beside the weights.
     """
     from ..export import atomic_directory, check_output_dir
     from ..surgery import shrink_config, validate_layer_indices
@@ -274,10 +276,13 @@ def prune_checkpoint(model_dir: str | Path, layers: Sequence[int], out: str | Pa
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         config.save_pretrained(tmp)
         _copy_side_files(model_dir, tmp)
+        result = CheckpointPruneResult(str(out), removed, keep, lk.num_layers, len(keep), params_before,
+                                       params_after, written, names, 0.0, getattr(config, "model_type", None))
         if report is not None:
-            (tmp / "depthprune.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return CheckpointPruneResult(str(out), removed, keep, lk.num_layers, len(keep), params_before, params_after,
-                                 written, names, time.perf_counter() - t0)
+            data = report(result) if callable(report) else report
+            (tmp / "depthprune.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 __all__ = ["CheckpointPruneResult", "LayerKeys", "checkpoint_shards", "layer_keys", "load_config", "meta_skeleton",
