@@ -23,9 +23,25 @@ def env():
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 
 
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "depthprune", "-q", *map(str, args)], capture_output=True,
-                          text=True, env=env(), timeout=300)
+    """The CLI in this process (main() as the console script calls it): exit code and stderr."""
+    import contextlib
+    import io
+
+    from depthprune.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(["-q", *map(str, args)])
+        except SystemExit as exc:
+            code = exc.code
+    return Result(code, err.getvalue())
 
 
 @pytest.fixture(scope="module")
