@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--budget-mb", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1, help="scoring runs per mode, interleaved (fastest kept)")
+    parser.add_argument("--skip-score", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
     parser.add_argument("--skip-torchrun", action="store_true")
     args = parser.parse_args()
@@ -152,10 +154,12 @@ def main() -> None:
         if not (path / "config.json").is_file():
             print(f"making {size} ...", file=sys.stderr, flush=True)
             child(["make", size, str(path)])
+        if args.skip_score:
+            continue
         entry: dict = {"weights_bytes": weights_bytes(path)}
         # side by side: memory, streamed, memory, streamed (the shared machine's load changes over time)
         runs = {"memory": [], "streamed": []}
-        for _ in range(2 if size != sizes[-1] else 1):
+        for _ in range(args.repeats):
             for mode in ("memory", "streamed"):
                 print(f"{size} {mode} ...", file=sys.stderr, flush=True)
                 runs[mode].append(child(["score", str(path), mode, args.samples, args.seq_len, args.batch_size,
