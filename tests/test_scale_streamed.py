@@ -66,3 +66,18 @@ def test_metrics_that_cannot_stream_are_refused():
         with pytest.raises(DepthpruneError, match="cannot be layer-streamed"):
             check_streamable(["bi", name])
     check_streamable(["bi", "angular", "reverse-order"])
+
+
+def test_offload_auto_streams_only_when_the_weights_do_not_fit(tmp_path, monkeypatch):
+    from depthprune.scale import pipeline, streamed
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    need = streamed.checkpoint_bytes(tmp_path, torch.float32)
+    assert need == sum(p.numel() * 4 for p in tiny_model("llama").state_dict().values())  # from the headers
+    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: need)  # fits only with no headroom
+    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "layers"
+    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: 10 * need)
+    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "none"
+    assert pipeline.resolve_offload("auto", "smollm2-135m", "float32") == "none"  # not a safetensors dir
+    with pytest.raises(DepthpruneError, match="needs a local safetensors checkpoint"):
+        pipeline.resolve_offload("layers", str(tmp_path / "missing"), "float32")
