@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
 
 from ..data import CalibrationSet, build_calibration, validate_spec
 from ..errors import DepthpruneError
@@ -171,7 +170,7 @@ def score_scaled(model, tokenizer=None, *, data: str | CalibrationSet = "builtin
 
 def offload_applies(recipe, model=None) -> bool:
     """Whether :func:`depthprune.api.run` should take the no-model path for ``recipe``."""
-    rt, ev, sel = recipe.runtime, recipe.evaluation, recipe.selection
+    rt, ev = recipe.runtime, recipe.evaluation
     if model is not None or resolve_offload(rt.offload, recipe.model, rt.dtype) == "none":
         return False
     if ev.ppl is not None or ev.tasks is not None or ev.bench:
