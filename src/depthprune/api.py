@@ -68,7 +68,7 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
           block_sizes: Sequence[int] = (1,), strategy: str | None = None, remove: int | None = None,
           protect_first: int = 0, protect_last: int = 0, dtype: str = "float32", device: str = "cpu",
-          progress: bool = True) -> ScoreReport:
+          offload: str = "none", activation_budget_mb: int = 1024, progress: bool = True) -> ScoreReport:
     """Importance score of every decoder layer (0-based, original numbering; higher = more important).
 
     ``metric``: bi, angular, angular-all, relative-magnitude, reverse-order, random, ppl or taylor.
@@ -83,6 +83,16 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
         resolve(metric, strategy)
     if isinstance(data, str):
         validate_spec(data)
+    # --- scale (issue 12): layer-streamed (offload="layers"/"auto") and torchrun data-parallel scoring ---
+    from .scale.pipeline import score_scaled, wants_scaled_scoring
+
+    if wants_scaled_scoring(model, offload, dtype):
+        return score_scaled(model, tokenizer, data=data, metric=metric, samples=samples, seq_len=seq_len,
+                            batch_size=batch_size, seed=seed, text_field=text_field, block_sizes=block_sizes,
+                            strategy=strategy, remove=remove, protect_first=protect_first,
+                            protect_last=protect_last, dtype=dtype, device=device, offload=offload,
+                            activation_budget_mb=activation_budget_mb, progress=progress)
+    # --- end scale ---
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
     layout(loaded.model)  # unsupported architecture: fail before any data work
     calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
@@ -106,7 +116,10 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
 
 @dataclass
 class PruneResult:
-    """The pruned model (in memory), its tokenizer and the report describing it."""
+    """The pruned model (in memory), its tokenizer and the report describing it.
+
+    ``model`` and ``tokenizer`` are None when the checkpoint was pruned on disk (``RuntimeRecipe.offload``).
+    """
 
     model: nn.Module
     tokenizer: object
@@ -116,6 +129,8 @@ class PruneResult:
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically."""
+        if self.model is None:  # scale (issue 12): pruned on disk by api.run with offload, already written
+            raise DepthpruneError("this result was pruned on disk (offload) and is already saved at its output path")
         bench = self.bench.to_json() if self.bench is not None else None
         return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
                            evals=self.evals)
@@ -229,6 +244,13 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
             if sel.strategy not in ("one-shot", "block") or (sel.strategy == "block" and metric.startswith("angular")):
                 raise DepthpruneError(f"precomputed scores can drive 'one-shot' (or 'block' with bi/relative-magnitude), "
                                       f"not '{sel.strategy}' with '{metric}', which scores the model itself")
+    # --- scale (issue 12): offload -> layer-streamed scoring and pruning the checkpoint on disk ---
+    from .scale.pipeline import offload_applies, prune_offloaded
+
+    if offload_applies(recipe, model):
+        report = prune_offloaded(recipe, scores=scores, calibration=calibration, command=command, progress=progress)
+        return PruneResult(None, None, report)
+    # --- end scale ---
     loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device)
     total = num_layers(loaded.model.config)
     layout(loaded.model)

@@ -155,10 +155,24 @@ def _find_layer_list(model: nn.Module, n: int, preferred: str | None) -> str | N
     return None
 
 
-def layout(model: nn.Module) -> LayerLayout:
-    """Describe the decoder layers of ``model``; a clear error if they cannot be found."""
-    config = model.config
-    model_type = getattr(config, "model_type", type(model).__name__)
+@dataclass
+class ConfigLayout:
+    """What the config alone says about the layers: the per-layer fields (no model needed).
+
+    The one source of truth for per-layer config fields, used both by in-memory surgery and by
+    checkpoint-level pruning (:mod:`depthprune.scale.checkpoint`), which never builds the model.
+    """
+
+    model_type: str
+    num_layers: int
+    per_layer_fields: list[str] = field(default_factory=list)
+    layer_index_fields: list[str] = field(default_factory=list)
+    preferred_path: str | None = None
+
+
+def config_layout(config, model_type: str | None = None) -> ConfigLayout:
+    """Check that layers can be removed from a model with ``config`` and list its per-layer fields."""
+    model_type = getattr(config, "model_type", None) or model_type or "unknown"
     family = FAMILIES.get(model_type, Family())
     if getattr(config, "is_encoder_decoder", False):
         raise DepthpruneError(
@@ -170,14 +184,22 @@ def layout(model: nn.Module) -> LayerLayout:
         reason = family.blocker(config)
         if reason:
             raise DepthpruneError(f"unsupported configuration of '{model_type}': {reason}")
-    path = _find_layer_list(model, n, family.layers_path)
+    per_layer, index_fields = _layer_fields(config, n, family)
+    return ConfigLayout(model_type, n, per_layer, index_fields, family.layers_path)
+
+
+def layout(model: nn.Module) -> LayerLayout:
+    """Describe the decoder layers of ``model``; a clear error if they cannot be found."""
+    config = model.config
+    cfg = config_layout(config, type(model).__name__)
+    model_type, n = cfg.model_type, cfg.num_layers
+    path = _find_layer_list(model, n, cfg.preferred_path)
     if path is None:
         raise DepthpruneError(
             f"unsupported architecture '{model_type}': found no ModuleList of {n} decoder layers "
             f"(looked at {', '.join(COMMON_LAYER_PATHS)} and every ModuleList in the model)"
         )
-    per_layer, index_fields = _layer_fields(config, n, family)
-    return LayerLayout(model_type, path, per_layer, index_fields)
+    return LayerLayout(model_type, path, cfg.per_layer_fields, cfg.layer_index_fields)
 
 
 def _layer_fields(config, n: int, family: Family) -> tuple[list[str], list[str]]:

@@ -81,8 +81,14 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
           remove: Optional[int] = typer.Option(None, "--remove", help="With --strategy: number of layers to preview removing."),
           protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers (preview)."),
           protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers (preview)."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file.")) -> None:
-    """Score every decoder layer (Block Influence by default) and write scores.json + a bar chart."""
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+          offload: str = typer.Option("none", "--offload", help="none (model in memory), layers (one decoder layer at a time from a safetensors dir), auto (layers when the weights do not fit in memory)."),
+          activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory; the rest is spilled to disk.")) -> None:
+    """Score every decoder layer (Block Influence by default) and write scores.json + a bar chart.
+
+    Under `torchrun --nproc_per_node N -m depthprune.cli score ...` each process scores its share of the
+    calibration batches, the sums are all-reduced and rank 0 writes.
+    """
     from .api import score as api_score
     from .export import write_file_atomic, write_json_atomic
     from .plots import plot_layer_scores
@@ -102,10 +108,17 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
     report = api_score(model, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
                        seed=seed, text_field=text_field, strategy=strategy, remove=remove,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
-                       progress=_progress())
+                       offload=offload, activation_budget_mb=activation_budget_mb, progress=_progress())
+    from .scale.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 prints and writes
+        return
     chosen = set(report.selection["removed_layers"]) if report.selection else set()
     console.print(_score_table(report.scores, chosen, report.metric))
     console.print(f"removal order (least important first): {report.removal_order}")
+    if report.scale and report.scale.get("distributed"):
+        d = report.scale["distributed"]
+        console.print(f"{d['world_size']} processes ({d['backend']}); tokens per rank: {d['tokens_per_rank']}")
     if report.selection:
         console.print(f"{strategy} would remove layers (0-based, original numbering): "
                       f"{report.selection['removed_layers']}")
@@ -132,6 +145,7 @@ PRUNE_FLAGS = {
     "out": ("output", "path"), "overwrite": ("output", "overwrite"),
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
     "laco": ("selection", "laco"),  # issue 11
+    "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
 }
 BENCH_FLAGS = {"bench_seq_lens": "seq_lens", "bench_decode_tokens": "decode_tokens", "bench_repeats": "repeats",
                "bench_threads": "threads"}
@@ -206,7 +220,10 @@ def prune(ctx: typer.Context,
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
           laco: Optional[str] = LacoOpt,
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+          offload: str = typer.Option("none", "--offload", help="layers: never load the model (streamed scoring, pruning a safetensors checkpoint on disk); auto: only when it does not fit; none."),
+          activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory while scoring."),
+          scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring).")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -221,7 +238,12 @@ def prune(ctx: typer.Context,
     if recipe.output.path is None:
         raise DepthpruneError("give --out DIR for the pruned checkpoint")
     recipe.validate()  # every bad value fails here, before loading the model
-    result = run(recipe, in_place=True, command=command_line(), progress=_progress())
+    scores = None
+    if scores_file is not None:  # scale (issue 12)
+        from .scale.pipeline import score_file
+
+        scores = score_file(scores_file)
+    result = run(recipe, scores=scores, in_place=True, command=command_line(), progress=_progress())
     report = result.report
     if report.scores:
         console.print(_score_table(report.scores, set(report.removed_layers), report.metric))

@@ -58,6 +58,65 @@ class _LayerCall:
 
 
 @dataclass
+class LayerCapture:
+    """What the pre-/post-hooks of :func:`capture_layer_calls` saw during one forward pass."""
+
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # hidden state entering layer j
+    calls: dict[int, _LayerCall] = field(default_factory=dict)     # everything else layer j was called with
+    final: dict[str, torch.Tensor] = field(default_factory=dict)   # "h": the last layer's output
+
+    def clear(self) -> None:
+        self.inputs.clear(), self.calls.clear(), self.final.clear()
+
+
+@contextlib.contextmanager
+def capture_layer_calls(layers: nn.ModuleList) -> Iterator[LayerCapture]:
+    """Hooks that record, for every decoder layer, its input and the exact other arguments the model's own
+    forward called it with (rotary embeddings, per-layer-type masks, position ids; KV cache off).
+
+    The one capture mechanism behind the greedy-ppl activation cache and layer-streamed scoring
+    (:mod:`depthprune.scale.streamed`), so a layer re-run outside the model gets what the model gives it.
+    """
+    state = LayerCapture()
+    last = len(layers) - 1
+
+    def pre_hook(index):
+        def hook(module, args, kwargs):
+            if args:
+                x, rest, positional = args[0], tuple(args[1:]), True
+            else:
+                x, rest, positional = kwargs["hidden_states"], (), False
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if kw.get("use_cache"):
+                kw["use_cache"] = False
+            state.inputs[index] = x
+            state.calls[index] = _LayerCall(rest, kw, positional, None)
+        return hook
+
+    def post_hook(index):
+        def hook(module, args, kwargs, output):
+            if isinstance(output, tuple):
+                state.calls[index].output_tail = tuple(output[1:])
+            if index == last:
+                state.final["h"] = _first_tensor(output)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles += [layer.register_forward_hook(post_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def call_layer(layer: nn.Module, call: _LayerCall, h: torch.Tensor) -> torch.Tensor:
+    """Run ``layer`` on hidden state ``h`` with the arguments captured for it; its output hidden state."""
+    out = layer(h, *call.args, **call.kwargs) if call.hidden_positional else layer(hidden_states=h, **call.kwargs)
+    return _first_tensor(out)
+
+
+@dataclass
 class _Batch:
     input_ids: torch.Tensor
     mask: torch.Tensor
@@ -87,60 +146,26 @@ class CachedLayerRunner:
         self._capture()
 
     def _capture(self) -> None:
-        calls: dict[int, _LayerCall] = {}
-        inputs: dict[int, torch.Tensor] = {}
-        final: dict[str, torch.Tensor] = {}
-
-        def pre_hook(index):
-            def hook(module, args, kwargs):
-                if args:
-                    x, rest, positional = args[0], tuple(args[1:]), True
-                else:
-                    x, rest, positional = kwargs["hidden_states"], (), False
-                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                if kw.get("use_cache"):
-                    kw["use_cache"] = False
-                inputs[index] = x
-                calls[index] = _LayerCall(rest, kw, positional, None)
-            return hook
-
-        def post_hook(index):
-            def hook(module, args, kwargs, output):
-                if isinstance(output, tuple):
-                    calls[index].output_tail = tuple(output[1:])
-                if index == self.num_layers - 1:
-                    final["h"] = _first_tensor(output)
-            return hook
-
-        handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        handles += [layer.register_forward_hook(post_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        try:
-            with torch.inference_mode():
-                for ids, mask in tqdm(self.calibration.batches(self.batch_size),
-                                      total=self.calibration.num_batches(self.batch_size), desc="caching layer inputs",
-                                      disable=not self.progress, unit="batch"):
-                    ids, mask = ids.to(self.device), mask.to(self.device)
-                    calls.clear(), inputs.clear(), final.clear()
-                    self.model(input_ids=ids, attention_mask=mask, use_cache=False)
-                    if len(inputs) != self.num_layers:
-                        raise RuntimeError("the forward pass did not call every decoder layer")
-                    self.batches.append(_Batch(ids, mask, [inputs[j] for j in range(self.num_layers)],
-                                               [calls[j] for j in range(self.num_layers)], final["h"]))
-                    self.targets += int((mask[:, 1:].bool() & mask[:, :-1].bool()).sum())
-        finally:
-            for h in handles:
-                h.remove()
+        with capture_layer_calls(self.layers) as seen, torch.inference_mode():
+            for ids, mask in tqdm(self.calibration.batches(self.batch_size),
+                                  total=self.calibration.num_batches(self.batch_size), desc="caching layer inputs",
+                                  disable=not self.progress, unit="batch"):
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                seen.clear()
+                self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                if len(seen.inputs) != self.num_layers:
+                    raise RuntimeError("the forward pass did not call every decoder layer")
+                self.batches.append(_Batch(ids, mask, [seen.inputs[j] for j in range(self.num_layers)],
+                                           [seen.calls[j] for j in range(self.num_layers)], seen.final["h"]))
+                self.targets += int((mask[:, 1:].bool() & mask[:, :-1].bool()).sum())
         if self.targets == 0:
             raise DepthpruneError("the calibration set has no next-token targets; use longer sequences")
 
     # -- running pieces ---------------------------------------------------------------------------
 
     def run_layer(self, batch: _Batch, j: int, h: torch.Tensor) -> torch.Tensor:
-        call = batch.calls[j]
-        layer = self.layers[j]
-        out = layer(h, *call.args, **call.kwargs) if call.hidden_positional else layer(hidden_states=h, **call.kwargs)
         self.layer_runs += 1
-        return _first_tensor(out)
+        return call_layer(self.layers[j], batch.calls[j], h)
 
     @contextlib.contextmanager
     def _stubbed_layers(self, batch: _Batch, h: torch.Tensor) -> Iterator[None]:
@@ -303,5 +328,5 @@ def naive_loss(model: nn.Module, calibration: CalibrationSet, *, batch_size: int
     return perplexity_on(model, calibration, batch_size=batch_size, progress=False).nll
 
 
-__all__ = ["CachedLayerRunner", "GreedyResult", "greedy_ppl", "naive_loss", "next_token_nll", "ppl_scores",
+__all__ = ["CachedLayerRunner", "LayerCapture", "call_layer", "capture_layer_calls", "GreedyResult", "greedy_ppl", "naive_loss", "next_token_nll", "ppl_scores",
            "taylor_scores"]

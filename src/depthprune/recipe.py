@@ -128,11 +128,19 @@ class RuntimeRecipe:
 
     dtype: str = "float32"
     device: str = "cpu"
+    # --- scale (issue 12) ---
+    offload: str = "none"  # none: the model in memory; layers: one decoder layer at a time, pruned on disk; auto
+    activation_budget_mb: int = 1024  # layer streaming: activations kept in memory, the rest spilled to disk
 
     def validate(self) -> None:
         from .models import resolve_dtype
 
         resolve_dtype(self.dtype)
+        # --- scale (issue 12) ---
+        from .scale.pipeline import check_offload
+
+        check_offload(self.offload)
+        _positive(self, "activation_budget_mb")
 
 
 @dataclass

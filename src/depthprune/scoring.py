@@ -57,13 +57,20 @@ def run_layer_metrics(
     """
     layers = layout(model).layers(model)
     last = len(layers) - 1
-    state: dict[str, torch.Tensor] = {}
+    state: dict = {}
 
     def make_hook(index: int):
         def hook(module, args, kwargs, output):
             x_in = args[0] if args else kwargs["hidden_states"]
             x_out = _first_tensor(output)
-            mask = state["mask"].to(x_out.device)
+            if x_in.device != x_out.device:
+                # device_map="auto": accelerate moves the input inside the layer's forward, so the hook sees it
+                # on the previous layer's device; only layers at a device boundary pay this one copy
+                x_in = x_in.to(x_out.device)
+            masks = state["masks"]
+            if x_out.device not in masks:  # one copy of the batch mask per device, not one per layer
+                masks[x_out.device] = state["mask"].to(x_out.device)
+            mask = masks[x_out.device]
             # One float32 reduction: NaN/inf anywhere makes it non-finite (cheaper than isfinite().all()).
             if not bool(torch.isfinite(x_out.sum(dtype=torch.float32))):
                 raise NonFiniteActivationError(
@@ -85,6 +92,7 @@ def run_layer_metrics(
             for input_ids, attention_mask in tqdm(batches, total=calibration.num_batches(batch_size),
                                                   desc="scoring layers", disable=not progress, unit="batch"):
                 state["mask"] = attention_mask.bool()
+                state["masks"] = {}
                 tokens += int(attention_mask.sum())
                 try:
                     model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)

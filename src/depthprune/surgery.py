@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 from torch import nn
 
-from .architectures import layout, num_layers, set_num_layers
+from .architectures import config_layout, layout, num_layers, set_num_layers
 from .errors import DepthpruneError
 
 
@@ -46,17 +46,29 @@ def remove_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     for new_idx, layer in enumerate(lay.layers(model)):
         _renumber(layer, new_idx)
 
-    for name in lay.per_layer_fields:
+    shrink_config(config, keep)
+    _refresh_cached_flags(model, config)
+    return model
+
+
+def shrink_config(config, keep: Sequence[int]) -> None:
+    """Edit ``config`` in place so that it describes only the ``keep`` layers (0-based, ascending).
+
+    The layer count, every per-layer list, every list of layer indices and the sliding-window
+    threshold follow the kept layers. This one function edits the config of an in-memory model
+    (:func:`remove_layers`) and of a checkpoint pruned on disk (:mod:`depthprune.scale.checkpoint`).
+    """
+    keep = list(keep)
+    fields = config_layout(config)
+    for name in fields.per_layer_fields:
         values = getattr(config, name)
         setattr(config, name, type(values)(values[i] for i in keep))
     remap = {old_i: new_i for new_i, old_i in enumerate(keep)}
-    for name in lay.layer_index_fields:
+    for name in fields.layer_index_fields:
         values = getattr(config, name)
         setattr(config, name, [remap[i] for i in values if i in remap])
     _shrink_window_threshold(config, keep)
     set_num_layers(config, len(keep))
-    _refresh_cached_flags(model, config)
-    return model
 
 
 def pruned_copy(model: nn.Module, layers: Sequence[int]) -> nn.Module:
@@ -104,7 +116,7 @@ def check_removable(model: nn.Module) -> None:
     layout(model)
 
 
-__all__ = ["remove_layers", "pruned_copy", "pruned_view", "parameter_count", "validate_layer_indices", "check_removable"]
+__all__ = ["remove_layers", "shrink_config", "pruned_copy", "pruned_view", "parameter_count", "validate_layer_indices", "check_removable"]
 
 
 @contextlib.contextmanager

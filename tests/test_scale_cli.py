@@ -1,0 +1,131 @@
+"""The scale features as a user runs them: --offload layers, --scores on a checkpoint, torchrun with 2 processes."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tiny import tiny_checkpoint
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TEXT = " ".join(f"Sentence number {i} talks about layers and pruning." for i in range(300))
+CALIB = ["--samples", "4", "--seq-len", "32", "--batch-size", "2"]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+
+
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run(*args):
+    """The CLI in this process (main() as the console script calls it): exit code and stderr."""
+    import contextlib
+    import io
+
+    from depthprune.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(["-q", *map(str, args)])
+        except SystemExit as exc:
+            code = exc.code
+    return Result(code, err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    model = tiny_checkpoint(root / "tiny", family="gemma3", num_layers=6)
+    (root / "calib.txt").write_text(TEXT, encoding="utf-8")
+    result = run("score", model, "--data", root / "calib.txt", *CALIB, "--out", root / "memory.json")
+    assert result.returncode == 0, result.stderr
+    return root, model, json.loads((root / "memory.json").read_text())
+
+
+def test_streamed_score_equals_in_memory(work):
+    root, model, memory = work
+    result = run("score", model, "--data", root / "calib.txt", *CALIB, "--offload", "layers",
+                 "--out", root / "streamed.json")
+    assert result.returncode == 0, result.stderr
+    streamed = json.loads((root / "streamed.json").read_text())
+    torch.testing.assert_close(torch.tensor(streamed["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
+    assert streamed["scale"]["offload"] == "layers" and streamed["tokens"] == memory["tokens"]
+    assert streamed["scale"]["stream"]["layer_bytes_max"] < streamed["scale"]["stream"]["weights_bytes"]
+
+
+def test_torchrun_two_processes_equal_one(work):
+    root, model, memory = work
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
+    out = root / "dist.json"
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--module", "depthprune", "-q",
+                             "score", model, "--data", root / "calib.txt", *CALIB, "--out", out],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    torch.testing.assert_close(torch.tensor(data["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
+    dist = data["scale"]["distributed"]
+    assert dist["world_size"] == 2 and dist["backend"] == "gloo"
+    assert len(dist["tokens_per_rank"]) == 2 and all(t > 0 for t in dist["tokens_per_rank"])
+    assert sum(dist["tokens_per_rank"]) == memory["tokens"] == data["tokens"]
+
+
+def tensors(directory):
+    out = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(path))
+    return out
+
+
+def test_prune_on_disk_equals_in_memory(work):
+    root, model, memory = work
+    a, b = root / "disk", root / "mem"
+    assert run("prune", model, "--layers", "1,4", "--offload", "layers", "--out", a).returncode == 0
+    result = run("prune", model, "--layers", "1,4", "--out", b)
+    assert result.returncode == 0, result.stderr
+    ta, tb = tensors(a), tensors(b)
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in tb)
+    assert json.loads((a / "config.json").read_text())["layer_types"] == \
+        json.loads((b / "config.json").read_text())["layer_types"]
+    report = json.loads((a / "depthprune.json").read_text())
+    assert report["removed_layers"] == [1, 4] and report["num_layers_after"] == 4
+    assert AutoModelForCausalLM.from_pretrained(a).config.num_hidden_layers == 4
+
+
+def test_prune_on_disk_from_scores_and_streamed(work):
+    root, model, memory = work
+    lowest = sorted(sorted(range(len(memory["scores"])), key=lambda i: (memory["scores"][i], i))[:2])
+    out = root / "from-scores"
+    result = run("prune", model, "--scores", root / "memory.json", "--remove", 2, "--offload", "layers", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "depthprune.json").read_text())["removed_layers"] == lowest
+    out = root / "streamed-prune"
+    result = run("prune", model, "--data", root / "calib.txt", *CALIB, "--remove", 2, "--offload", "layers",
+                 "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "depthprune.json").read_text())
+    assert report["removed_layers"] == lowest
+    torch.testing.assert_close(torch.tensor(report["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--layers", "1", "--offload", "layers", "--eval-ppl", "builtin:heldout"], "needs the whole model"),
+    (["--remove", "1", "--offload", "sideways"], "unknown offload mode"),
+    (["--remove", "1", "--offload", "layers", "--strategy", "greedy-ppl"], "one-shot"),
+])
+def test_offload_user_errors(work, tmp_path, args, fragment):
+    root, model, _ = work
+    result = run("prune", model, *args, "--data", root / "calib.txt", *CALIB, "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,83 @@
+"""Layer-streamed scoring against in-memory scoring (same hooks-free reference: run_layer_metrics)."""
+
+import pytest
+import torch
+
+from depthprune.data import from_tensors
+from depthprune.errors import DepthpruneError
+from depthprune.metrics import make_metric
+from depthprune.scale.streamed import (ActivationStore, StreamedModel, check_streamable,
+                                       run_layer_metrics_streamed)
+from depthprune.scoring import run_layer_metrics
+
+from tiny import ARCHS, batch, tiny_model
+
+METRICS = ["bi", "relative-magnitude", "angular", "angular-all"]
+
+
+def metrics_for(n):
+    return [make_metric(name, n, block_sizes=(1, 2)) for name in METRICS]
+
+
+@pytest.mark.parametrize("family", sorted(ARCHS))
+def test_streamed_scores_equal_in_memory_scores(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    ids, mask = batch(n=5, t=12)
+    calibration = from_tensors(ids, mask)
+    n = model.config.num_hidden_layers
+    expected = metrics_for(n)
+    run_layer_metrics(model, calibration, expected, batch_size=2, progress=False)
+
+    streamed = StreamedModel(tmp_path / "ckpt")
+    got = metrics_for(n)
+    # budget for about one batch: the other batches are spilled to disk and read back
+    stats = run_layer_metrics_streamed(streamed, calibration, got, batch_size=2, activation_budget_bytes=2 * 12 * 32 * 4,
+                                       spill_dir=tmp_path, progress=False)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g.result(), e.result(), atol=1e-6, rtol=0, msg=f"{family} {e.name}")
+        if e.name.startswith("angular"):
+            for size, values in e.block_result().items():
+                torch.testing.assert_close(torch.tensor(g.block_result()[size]), torch.tensor(values),
+                                           atol=1e-6, rtol=0)
+    assert stats.spilled_bytes > 0 and stats.tokens == int(mask.sum())
+    assert stats.activation_peak_bytes <= stats.activation_budget_bytes
+    # every layer went back to the meta device: one layer at a time was held
+    assert all(p.device.type == "meta" for layer in streamed.layers for p in layer.parameters())
+    assert streamed.model.get_input_embeddings().weight.device.type == "cpu"
+    assert list(tmp_path.glob("depthprune-activations-*")) == []  # spill directory removed
+
+
+def test_activation_store_memory_and_disk(tmp_path):
+    store = ActivationStore(budget_bytes=64, spill_dir=tmp_path)
+    a, b = torch.arange(16, dtype=torch.float32), torch.arange(16, 32, dtype=torch.float32)
+    store.put(0, a)
+    store.put(1, b)  # over budget: goes to disk
+    assert store.memory_bytes == 64 and store.spilled_bytes == 64
+    assert torch.equal(store.get(1), b) and store.get(0) is a
+    store.put(0, b * 2)
+    assert torch.equal(store.get(0), b * 2)
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_that_cannot_stream_are_refused():
+    for name in ("taylor", "ppl"):
+        with pytest.raises(DepthpruneError, match="cannot be layer-streamed"):
+            check_streamable(["bi", name])
+    check_streamable(["bi", "angular", "reverse-order"])
+
+
+def test_offload_auto_streams_only_when_the_weights_do_not_fit(tmp_path, monkeypatch):
+    from depthprune.scale import pipeline, streamed
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    need = streamed.checkpoint_bytes(tmp_path, torch.float32)
+    assert need == sum(p.numel() * 4 for p in tiny_model("llama").state_dict().values())  # from the headers
+    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: need)  # fits only with no headroom
+    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "layers"
+    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: 10 * need)
+    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "none"
+    assert pipeline.resolve_offload("auto", "smollm2-135m", "float32") == "none"  # not a safetensors dir
+    with pytest.raises(DepthpruneError, match="needs a local safetensors checkpoint"):
+        pipeline.resolve_offload("layers", str(tmp_path / "missing"), "float32")
