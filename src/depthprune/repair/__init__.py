@@ -6,8 +6,10 @@ reloads with ``AutoModelForCausalLM.from_pretrained``.
 
 from .families import FOLD_SPECS, LORA_TARGETS, FoldSpec, fold_spec, lora_targets
 from .folding import fold_map
-from .linear import (OBJECTIVES, LinearRepairReport, Run, fit_linear_maps, fold_linear_maps, linear_repair,
-                     removed_runs, solve_lstsq)
+from .linear import (OBJECTIVES, LinearRepairReport, Run, RunStatistics, collect_statistics, fit_linear_maps,
+                     fold_linear_maps, linear_repair, removed_runs, solve_lstsq, solve_maps)
+from .lora import LoraRepairReport, lora_repair, repair_data
 
-__all__ = ["FOLD_SPECS", "LORA_TARGETS", "FoldSpec", "LinearRepairReport", "OBJECTIVES", "Run", "fit_linear_maps",
+__all__ = ["LoraRepairReport", "RunStatistics", "collect_statistics", "lora_repair", "repair_data", "solve_maps",
+           "FOLD_SPECS", "LORA_TARGETS", "FoldSpec", "LinearRepairReport", "OBJECTIVES", "Run", "fit_linear_maps",
            "fold_linear_maps", "fold_map", "fold_spec", "linear_repair", "lora_targets", "removed_runs", "solve_lstsq"]

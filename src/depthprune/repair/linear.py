@@ -227,34 +227,53 @@ def _capture_mlp_outputs(layers: nn.ModuleList, sources: list[int], spec: FoldSp
             h.remove()
 
 
-def fit_linear_maps(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int], *,
-                    objective: str = "lstsq", ridge: float = 1e-4, batch_size: int = 8, cosine_steps: int = 30,
-                    cosine_tokens: int = 16384, progress: bool = True
-                    ) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
-    """Fit one map per maximal removed run on the dense model; returns ``{source layer: T}`` (original numbering)."""
-    if objective not in OBJECTIVES:
-        raise DepthpruneError(f"unknown repair objective '{objective}'; choose one of {', '.join(OBJECTIVES)}")
-    if ridge < 0:
-        raise DepthpruneError(f"the ridge term must be >= 0, got {ridge}")
+@dataclass
+class RunStatistics:
+    """What one pass over the calibration set leaves for fitting: each run's float64 sums (and token sample)."""
+
+    runs: list[Run]
+    accumulators: dict[Run, _Accumulator]
+    diagonal: bool
+    tokens: int
+    seconds: float
+
+
+def collect_statistics(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int], *,
+                       keep_tokens: int = 0, batch_size: int = 8, progress: bool = True) -> RunStatistics:
+    """One streaming pass of the dense model: the normal equations of every removed run's map (plus up to
+    ``keep_tokens`` raw tokens per run, which the cosine objective needs)."""
     spec = fold_spec(dense.config)
-    total = num_layers(dense.config)
-    runs = removed_runs(removed, total)
+    runs = removed_runs(removed, num_layers(dense.config))
     start = time.perf_counter()
-    keep = cosine_tokens if objective == "cosine" else 0
-    accs = {r: _Accumulator(spec.diagonal, keep) for r in runs}
+    accs = {r: _Accumulator(spec.diagonal, keep_tokens) for r in runs}
     layers = layout(dense).layers(dense)
     with _capture_mlp_outputs(layers, [r.source for r in runs], spec) as captured:
         tokens = run_layer_metrics(dense, calibration, [_MapFitMetric(runs, captured, accs)],
                                    batch_size=batch_size, progress=progress)
+    return RunStatistics(runs, accs, spec.diagonal, tokens, time.perf_counter() - start)
+
+
+def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float = 1e-4, cosine_steps: int = 30
+               ) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
+    """The map of every run from collected statistics; returns ``{source layer: T}`` (original numbering)."""
+    if objective not in OBJECTIVES:
+        raise DepthpruneError(f"unknown repair objective '{objective}'; choose one of {', '.join(OBJECTIVES)}")
+    if ridge < 0:
+        raise DepthpruneError(f"the ridge term must be >= 0, got {ridge}")
+    start = time.perf_counter()
     maps: dict[int, torch.Tensor] = {}
     fits: list[RunFit] = []
-    for run in runs:
-        acc = accs[run]
+    kept = 0
+    for run in stats.runs:
+        acc = stats.accumulators[run]
         T = solve_lstsq(acc.A, acc.B, ridge)
         eye = torch.ones_like(T) if T.dim() == 1 else torch.eye(T.shape[0], dtype=torch.float64)
         fit = RunFit(run.source, list(range(run.first, run.last + 1)), acc.n, _mse(acc, eye), _mse(acc, T))
         if objective == "cosine":
+            if not acc.samples:
+                raise DepthpruneError("the cosine objective needs activations: collect statistics with keep_tokens > 0")
             m, h, y = (torch.cat([s[i] for s in acc.samples]) for i in range(3))
+            kept = max(kept, m.shape[0])
             with torch.no_grad():
                 fit.cos_loss_identity = float(_cos_loss(m, h, y, eye.float()))
                 fit.cos_loss_lstsq = float(_cos_loss(m, h, y, T.float()))
@@ -265,10 +284,23 @@ def fit_linear_maps(dense: nn.Module, calibration: CalibrationSet, removed: Sequ
                  fit.mse_identity, fit.mse_lstsq)
         maps[run.source] = T
         fits.append(fit)
-    report = LinearRepairReport(objective, ridge, spec.diagonal, tokens, time.perf_counter() - start, fits,
+    report = LinearRepairReport(objective, ridge, stats.diagonal, stats.tokens,
+                                stats.seconds + time.perf_counter() - start, fits,
                                 cosine_steps if objective == "cosine" else None,
-                                cosine_tokens if objective == "cosine" else None)
+                                kept if objective == "cosine" else None)
     return maps, report
+
+
+def fit_linear_maps(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int], *,
+                    objective: str = "lstsq", ridge: float = 1e-4, batch_size: int = 8, cosine_steps: int = 30,
+                    cosine_tokens: int = 16384, progress: bool = True
+                    ) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
+    """Fit one map per maximal removed run on the dense model; returns ``{source layer: T}`` (original numbering)."""
+    if objective not in OBJECTIVES:
+        raise DepthpruneError(f"unknown repair objective '{objective}'; choose one of {', '.join(OBJECTIVES)}")
+    stats = collect_statistics(dense, calibration, removed, keep_tokens=cosine_tokens if objective == "cosine" else 0,
+                               batch_size=batch_size, progress=progress)
+    return solve_maps(stats, objective=objective, ridge=ridge, cosine_steps=cosine_steps)
 
 
 def fold_linear_maps(pruned: nn.Module, maps: dict[int, torch.Tensor], removed: Sequence[int], total: int) -> None:

@@ -1,0 +1,155 @@
+"""Held-out perplexity of 25%-pruned models under each repair: none / linear lstsq / linear cosine / lora /
+linear+lora, for BI one-shot, the best contiguous block and greedy-ppl removal sets; repair wall time and peak
+memory (RSS above the level at the start of the repair). Results are written to a JSON file after every row.
+
+    PYTHONPATH=src python bench/repair_table.py smollm2-135m --remove 7 --json bench/results/repair_smollm2-135m.json
+
+Texts: calibration (selection + linear fit) and LoRA repair data are Project Gutenberg books
+(/work/shared/data/gutenberg, different seeds); perplexity is on WikiText-2 raw test (disjoint from both).
+The greedy-ppl removal set is read from the strategies sweep (bench/results/MODEL/sweep.json) because
+re-running greedy selection does not fit this machine's CPU budget; its calibration is stated there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _memory import PeakMemory  # noqa: E402
+
+from depthprune.architectures import num_layers  # noqa: E402
+from depthprune.data import build_calibration, iter_texts, sequential_windows  # noqa: E402
+from depthprune.evaluation import perplexity_on  # noqa: E402
+from depthprune.models import load_model  # noqa: E402
+from depthprune.repair import collect_statistics, fold_linear_maps, lora_repair, repair_data, solve_maps  # noqa: E402
+from depthprune.strategies import compute_scores, select  # noqa: E402
+from depthprune.surgery import pruned_copy  # noqa: E402
+
+DATA = Path(os.environ.get("DEPTHPRUNE_DATA_DIR", "/work/shared/data"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--remove", type=int, required=True)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--ppl-tokens", type=int, default=2048)
+    p.add_argument("--ppl-seq-len", type=int, default=512)
+    p.add_argument("--lora-tokens", type=int, default=4096)
+    p.add_argument("--lora-seq-len", type=int, default=256)
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-on", default="block", help="comma list of strategies that also get lora rows")
+    p.add_argument("--lora-linear", default="lstsq", help="which linear objective precedes lora in linear+lora")
+    p.add_argument("--strategies", default="block,one-shot,greedy-ppl")
+    p.add_argument("--cosine-steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", required=True)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(a.json)
+    result: dict = {"model": a.model, "remove": a.remove, "settings": vars(a), "rows": []}
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    lm = load_model(a.model)
+    model, tok = lm.model, lm.tokenizer
+    cal = build_calibration(str(DATA / "gutenberg"), tok, samples=a.samples, seq_len=a.seq_len, seed=0)
+    windows = sequential_windows(tok, iter_texts(str(DATA / "wikitext-2-raw" / "wiki.test.raw")),
+                                 seq_len=a.ppl_seq_len, max_tokens=a.ppl_tokens, source="wikitext-2-raw test")
+    result["calibration"] = dict(cal.settings)
+    result["evaluation"] = dict(windows.settings)
+
+    def ppl(m) -> float:
+        return perplexity_on(m, windows, progress=False).ppl
+
+    t = time.perf_counter()
+    result["dense_ppl"] = ppl(model)
+    result["dense_eval_s"] = time.perf_counter() - t
+    save()
+    total = num_layers(model.config)
+
+    selections: dict[str, list[int]] = {}
+    wanted = a.strategies.split(",")
+    if "one-shot" in wanted or "block" in wanted:
+        scores = compute_scores(model, cal, ["bi", "angular"], block_sizes=(a.remove,), progress=False)
+        for strategy, metric in (("one-shot", "bi"), ("block", "angular")):
+            if strategy in wanted:
+                chosen, _ = select(model, cal, a.remove, metric=metric, strategy=strategy, precomputed=scores,
+                                   progress=False)
+                selections[strategy] = chosen.removed
+    if "greedy-ppl" in wanted:
+        sweep = json.loads((Path(__file__).parent / "results" / a.model / "sweep.json").read_text())
+        point = [q for q in sweep["points"] if q["strategy"] == "greedy-ppl" and q["n_removed"] == a.remove]
+        if point:
+            selections["greedy-ppl"] = point[0]["removed_layers"]
+            result["greedy_source"] = {"file": f"bench/results/{a.model}/sweep.json",
+                                       "calibration": sweep.get("calibration")}
+    result["selections"] = selections
+    save()
+
+    def row(strategy, repair, m, seconds, peak, extra=None):
+        r = {"strategy": strategy, "removed": selections[strategy], "repair": repair, "ppl": ppl(m),
+             "repair_s": seconds, "repair_peak_mb": peak / 2**20 if peak is not None else None, **(extra or {})}
+        result["rows"].append(r)
+        save()
+        print(json.dumps({k: r[k] for k in ("strategy", "repair", "ppl", "repair_s")}), flush=True)
+
+    order = [s for s in wanted if s in selections]
+    repaired_linear: dict[tuple[str, str], torch.nn.Module] = {}
+    for strategy in order:
+        removed = selections[strategy]
+        row(strategy, "none", pruned_copy(model, removed), 0.0, None)
+        try:
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                stats = collect_statistics(model, cal, removed, keep_tokens=cal.num_tokens, progress=False)
+                collect_s = time.perf_counter() - t
+        except Exception as exc:  # e.g. a run starting at layer 0
+            result.setdefault("refused", []).append({"strategy": strategy, "reason": str(exc)})
+            save()
+            continue
+        for objective in ("lstsq", "cosine"):
+            with PeakMemory() as mem2:
+                t = time.perf_counter()
+                maps, rep = solve_maps(stats, objective=objective, cosine_steps=a.cosine_steps)
+                pruned = pruned_copy(model, removed)
+                fold_linear_maps(pruned, maps, removed, total)
+                solve_s = time.perf_counter() - t
+            repaired_linear[(strategy, objective)] = pruned
+            row(strategy, f"linear-{objective}", pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
+                {"fit": rep.to_json()})
+        del stats
+    for strategy in order:
+        if strategy not in a.lora_on.split(","):
+            continue
+        removed = selections[strategy]
+        train, held = repair_data(tok, str(DATA / "gutenberg"), tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
+        starts = [("lora", pruned_copy(model, removed))]
+        if (strategy, a.lora_linear) in repaired_linear:
+            starts.append((f"linear-{a.lora_linear}+lora", repaired_linear[(strategy, a.lora_linear)]))
+        for name, start in starts:
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                merged, rep = lora_repair(start, train, held, rank=a.lora_rank, lr=a.lora_lr, batch_size=4,
+                                          eval_every=2, seed=0, progress=False)
+                seconds = time.perf_counter() - t
+            row(strategy, name, merged, seconds, mem.peak_bytes, {"lora": rep.to_json()})
+
+
+if __name__ == "__main__":
+    main()
