@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--strategies", default="block,one-shot,greedy-ppl")
     p.add_argument("--cosine-steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--given", default=None, help="STRATEGY:L1,L2,... use this removal set instead of selecting")
+    p.add_argument("--lora-only", action="store_true", help="only the lora rows (linear maps fitted, not evaluated)")
     p.add_argument("--json", required=True)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -78,21 +80,25 @@ def main() -> None:
         return perplexity_on(m, windows, progress=False).ppl
 
     t = time.perf_counter()
-    result["dense_ppl"] = ppl(model)
+    result["dense_ppl"] = None if a.lora_only else ppl(model)
     result["dense_eval_s"] = time.perf_counter() - t
     save()
     total = num_layers(model.config)
 
     selections: dict[str, list[int]] = {}
     wanted = a.strategies.split(",")
-    if "one-shot" in wanted or "block" in wanted:
+    if a.given:
+        name, _, layers = a.given.partition(":")
+        selections[name] = [int(v) for v in layers.split(",")]
+        wanted = [name]
+    elif "one-shot" in wanted or "block" in wanted:
         scores = compute_scores(model, cal, ["bi", "angular"], block_sizes=(a.remove,), progress=False)
         for strategy, metric in (("one-shot", "bi"), ("block", "angular")):
             if strategy in wanted:
                 chosen, _ = select(model, cal, a.remove, metric=metric, strategy=strategy, precomputed=scores,
                                    progress=False)
                 selections[strategy] = chosen.removed
-    if "greedy-ppl" in wanted:
+    if "greedy-ppl" in wanted and not a.given:
         sweep = json.loads((Path(__file__).parent / "results" / a.model / "sweep.json").read_text())
         point = [q for q in sweep["points"] if q["strategy"] == "greedy-ppl" and q["n_removed"] == a.remove]
         if point:
@@ -113,7 +119,8 @@ def main() -> None:
     repaired_linear: dict[tuple[str, str], torch.nn.Module] = {}
     for strategy in order:
         removed = selections[strategy]
-        row(strategy, "none", pruned_copy(model, removed), 0.0, None)
+        if not a.lora_only:
+            row(strategy, "none", pruned_copy(model, removed), 0.0, None)
         try:
             with PeakMemory() as mem:
                 t = time.perf_counter()
@@ -123,7 +130,7 @@ def main() -> None:
             result.setdefault("refused", []).append({"strategy": strategy, "reason": str(exc)})
             save()
             continue
-        for objective in ("lstsq", "cosine"):
+        for objective in ((a.lora_linear,) if a.lora_only else ("lstsq", "cosine")):
             with PeakMemory() as mem2:
                 t = time.perf_counter()
                 maps, rep = solve_maps(stats, objective=objective, cosine_steps=a.cosine_steps)
@@ -131,8 +138,9 @@ def main() -> None:
                 fold_linear_maps(pruned, maps, removed, total)
                 solve_s = time.perf_counter() - t
             repaired_linear[(strategy, objective)] = pruned
-            row(strategy, f"linear-{objective}", pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
-                {"fit": rep.to_json()})
+            if not a.lora_only:
+                row(strategy, f"linear-{objective}", pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
+                    {"fit": rep.to_json()})
         del stats
     for strategy in order:
         if strategy not in a.lora_on.split(","):

@@ -130,6 +130,58 @@ class RuntimeRecipe:
         resolve_dtype(self.dtype)
 
 
+# --- repair (issue 10) ---------------------------------------------------------------------------
+REPAIR_METHODS = ("linear", "lora")
+
+
+@dataclass
+class RepairRecipe:
+    """Repair after removal; ``methods=[]`` (default) is off. ``linear`` then ``lora`` when both are given.
+
+    linear: a map per removed run fitted on the dense model's calibration activations (``objective`` lstsq or
+    cosine, ``ridge``), folded into the layer before the run. lora: peft LoRA on ``data`` for ``tokens``
+    tokens (next-token loss, or KL to the dense model with ``distill``), merged into the weights.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    objective: str = "lstsq"
+    ridge: float = 1e-4
+    cosine_steps: int = 30
+    data: str | None = None
+    tokens: int = 32768
+    seq_len: int = 256
+    distill: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 1e-3
+    batch_size: int = 4
+    eval_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in REPAIR_METHODS]
+        if bad:
+            raise DepthpruneError(f"unknown repair method '{bad[0]}'; choose from {', '.join(REPAIR_METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise DepthpruneError(f"a repair method is named twice: {','.join(self.methods)}")
+        if self.methods and self.methods != [m for m in REPAIR_METHODS if m in self.methods]:
+            raise DepthpruneError("repair methods run linear first, then lora: write --repair linear,lora")
+        if self.objective not in ("lstsq", "cosine"):
+            raise DepthpruneError(f"unknown --repair-objective '{self.objective}'; choose lstsq or cosine")
+        if self.ridge < 0 or self.lr <= 0 or self.alpha <= 0:
+            raise DepthpruneError("the repair ridge must be >= 0, and the LoRA lr and alpha > 0")
+        _positive(self, "cosine_steps", "tokens", "seq_len", "rank", "batch_size", "eval_every")
+        if "lora" in self.methods:
+            if self.data is None:
+                raise DepthpruneError("lora repair needs text to train on: give --repair-data SPEC")
+            from .data import validate_spec
+
+            validate_spec(self.data, allow_self=False)
+            if self.tokens < self.seq_len:
+                raise DepthpruneError(f"--repair-tokens {self.tokens} is less than one window of {self.seq_len} tokens")
+# --- end repair ----------------------------------------------------------------------------------
+
+
 @dataclass
 class Recipe:
     """One pruning run, stage by stage. ``Recipe.load(path)`` / ``to_json()`` round-trip exactly."""
@@ -140,6 +192,7 @@ class Recipe:
     evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
     output: OutputRecipe = field(default_factory=OutputRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    repair: RepairRecipe = field(default_factory=RepairRecipe)
     version: int = RECIPE_VERSION
 
     def validate(self, *, check_data: bool = True) -> "Recipe":
@@ -237,3 +290,4 @@ def _positive(section, *names: str) -> None:
 
 SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
             "output": OutputRecipe, "runtime": RuntimeRecipe}
+SECTIONS["repair"] = RepairRecipe
