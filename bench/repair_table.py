@@ -159,5 +159,40 @@ def main() -> None:
             row(strategy, name, merged, seconds, mem.peak_bytes, {"lora": rep.to_json()})
 
 
+def render(paths: list[str]) -> str:
+    """Markdown tables from one or more result JSONs (rows of the same model are merged; dense from the first)."""
+    by_model: dict[str, dict] = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        m = by_model.setdefault(d["model"], {"dense": None, "rows": [], "meta": []})
+        if d.get("dense_ppl") is not None and m["dense"] is None:
+            m["dense"] = d["dense_ppl"]
+        m["rows"] += d["rows"]
+        m["meta"].append((path, d))
+    lines = []
+    for model, m in by_model.items():
+        _, first = m["meta"][0]
+        cal, ev = first.get("calibration", {}), first.get("evaluation", {})
+        lines += [f"### {model}, {first['remove']} layers removed", "",
+                  f"Dense perplexity {m['dense']:.2f} on {ev.get('stream_tokens')} tokens of WikiText-2 raw test "
+                  f"(windows of {ev.get('seq_len')}). Calibration: {cal.get('samples')} x {cal.get('seq_len')} tokens "
+                  f"of {cal.get('source')} (seed {cal.get('seed')}).", "",
+                  "| strategy | removed (0-based) | repair | PPL | x dense | repair time (s) | repair peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in m["rows"]:
+            peak = f"{r['repair_peak_mb']:.0f}" if r.get("repair_peak_mb") is not None else "-"
+            ratio = f"{r['ppl'] / m['dense']:.2f}" if m["dense"] else "-"
+            lines.append(f"| {r['strategy']} | {r['removed']} | {r['repair']} | {r['ppl']:.2f} | {ratio} | "
+                         f"{r['repair_s']:.0f} | {peak} |")
+        for path, d in m["meta"]:
+            for ref in d.get("refused", []):
+                lines.append(f"\nRefused ({ref['strategy']}): {ref['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        print(render(sys.argv[2:]))
+    else:
+        main()
