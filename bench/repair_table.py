@@ -54,8 +54,11 @@ def main() -> None:
     p.add_argument("--lora-linear", default="lstsq", help="which linear objective precedes lora in linear+lora")
     p.add_argument("--strategies", default="block,one-shot,greedy-ppl")
     p.add_argument("--cosine-steps", type=int, default=30)
+    p.add_argument("--ridge", default="auto", help="float, or auto (2-fold cross-validation)")
+    p.add_argument("--objectives", default="lstsq,cosine")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--given", default=None, help="STRATEGY:L1,L2,... use this removal set instead of selecting")
+    p.add_argument("--skip-none", action="store_true", help="no unrepaired row (measured by another run)")
     p.add_argument("--lora-only", action="store_true", help="only the lora rows (linear maps fitted, not evaluated)")
     p.add_argument("--json", required=True)
     a = p.parse_args()
@@ -80,7 +83,7 @@ def main() -> None:
         return perplexity_on(m, windows, progress=False).ppl
 
     t = time.perf_counter()
-    result["dense_ppl"] = None if a.lora_only else ppl(model)
+    result["dense_ppl"] = None if (a.lora_only or a.skip_none) else ppl(model)
     result["dense_eval_s"] = time.perf_counter() - t
     save()
     total = num_layers(model.config)
@@ -119,7 +122,7 @@ def main() -> None:
     repaired_linear: dict[tuple[str, str], torch.nn.Module] = {}
     for strategy in order:
         removed = selections[strategy]
-        if not a.lora_only:
+        if not a.lora_only and not a.skip_none:
             row(strategy, "none", pruned_copy(model, removed), 0.0, None)
         try:
             with PeakMemory() as mem:
@@ -130,16 +133,17 @@ def main() -> None:
             result.setdefault("refused", []).append({"strategy": strategy, "reason": str(exc)})
             save()
             continue
-        for objective in ((a.lora_linear,) if a.lora_only else ("lstsq", "cosine")):
+        ridge = None if a.ridge == "auto" else float(a.ridge)
+        for objective in ((a.lora_linear,) if a.lora_only else a.objectives.split(",")):
             with PeakMemory() as mem2:
                 t = time.perf_counter()
-                maps, rep = solve_maps(stats, objective=objective, cosine_steps=a.cosine_steps)
+                maps, rep = solve_maps(stats, objective=objective, ridge=ridge, cosine_steps=a.cosine_steps)
                 pruned = pruned_copy(model, removed)
                 fold_linear_maps(pruned, maps, removed, total)
                 solve_s = time.perf_counter() - t
             repaired_linear[(strategy, objective)] = pruned
             if not a.lora_only:
-                row(strategy, f"linear-{objective}", pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
+                row(strategy, f"linear-{objective}" + ("" if a.ridge == "auto" else f" (ridge {a.ridge})"), pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
                     {"fit": rep.to_json()})
         del stats
     for strategy in order:

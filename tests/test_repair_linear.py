@@ -171,3 +171,26 @@ def test_refusals():
     g = _model("gemma3")
     with pytest.raises(DepthpruneError, match="diagonal"):
         fold_map(layout(g).layers(g)[0], fold_spec(g.config), torch.eye(32))
+
+
+def test_auto_ridge_is_the_two_fold_cross_validated_choice():
+    from depthprune.repair.linear import RIDGE_GRID
+
+    dense = _model("llama")
+    cal, ids, mask = _calibration(n=6)
+    maps, report = fit_linear_maps(dense, cal, REMOVED, batch_size=4, progress=False)   # ridge=None: auto
+    M, R = _reference_activations(dense, ids, mask, 0, 2)
+    rows = mask.bool().nonzero()[:, 0]
+    folds = [rows % 2 == 0, rows % 2 == 1]   # sequences 0, 2, 4 vs 1, 3, 5 (global row numbers)
+    d = M.shape[1]
+
+    def fit(Mf, Rf, ridge):
+        lam = ridge * float((Mf * Mf).sum()) / d
+        eye = torch.eye(d, dtype=torch.float64)
+        return torch.linalg.lstsq(torch.cat([Mf, lam ** 0.5 * eye]), torch.cat([Rf, lam ** 0.5 * eye])).solution
+
+    errors = {r: sum(float(((R[h] - M[h] @ fit(M[f], R[f], r)) ** 2).sum()) for f, h in (folds, folds[::-1]))
+              for r in RIDGE_GRID}
+    best = min(RIDGE_GRID, key=lambda r: (errors[r], RIDGE_GRID.index(r)))
+    assert report.runs[0].ridge == best
+    assert torch.allclose(maps[0], fit(M, R, best), atol=1e-7)

@@ -145,7 +145,7 @@ class RepairRecipe:
 
     methods: list[str] = field(default_factory=list)
     objective: str = "lstsq"
-    ridge: float = 1e-4
+    ridge: float | None = None  # None: chosen per removed run by 2-fold cross-validation on the calibration
     cosine_steps: int = 30
     data: str | None = None
     tokens: int = 32768
@@ -168,7 +168,7 @@ class RepairRecipe:
             raise DepthpruneError("repair methods run linear first, then lora: write --repair linear,lora")
         if self.objective not in ("lstsq", "cosine"):
             raise DepthpruneError(f"unknown --repair-objective '{self.objective}'; choose lstsq or cosine")
-        if self.ridge < 0 or self.lr <= 0 or self.alpha <= 0:
+        if (self.ridge is not None and self.ridge < 0) or self.lr <= 0 or self.alpha <= 0:
             raise DepthpruneError("the repair ridge must be >= 0, and the LoRA lr and alpha > 0")
         _positive(self, "cosine_steps", "tokens", "seq_len", "rank", "batch_size", "eval_every")
         if "lora" in self.methods:

@@ -15,7 +15,8 @@ Objectives:
 * ``lstsq``: ``min ||M T - R||^2 + lam ||T - I||^2`` in closed form. The normal equations ``M^T M`` and
   ``M^T R`` are accumulated in float64 batch by batch over real (non-pad) tokens only, so no activation
   outlives its batch; ``lam = ridge * trace(M^T M) / d`` (ridge pulls towards the identity, i.e. towards
-  "no repair", never towards zeroing the MLP).
+  "no repair", never towards zeroing the MLP). By default the ridge is chosen per run from a grid by 2-fold
+  cross-validation over calibration sequences (even/odd rows accumulated separately: no extra pass).
 * ``cosine``: ReplaceMe's objective, ``min mean_t (1 - cos(h_t + m_t T, y_t))``, by L-BFGS started from the
   least-squares map. It needs the activations themselves: up to ``cosine_tokens`` tokens per run are kept
   on the CPU in float32 (3 x tokens x d x 4 bytes per run).
@@ -88,12 +89,13 @@ class RunFit:
     cos_loss_identity: float | None = None   # mean 1 - cos, only for the cosine objective
     cos_loss_lstsq: float | None = None
     cos_loss_final: float | None = None
+    ridge: float | None = None    # the ridge used for this run (chosen by cross-validation when not given)
 
 
 @dataclass
 class LinearRepairReport:
     objective: str
-    ridge: float
+    ridge: float | None           # None: chosen per run by cross-validation (see runs[i].ridge)
     diagonal: bool
     calibration_tokens: int
     seconds: float
@@ -106,33 +108,73 @@ class LinearRepairReport:
 
 
 class _Accumulator:
-    """Float64 normal equations of one run, plus (for the cosine objective) a bounded token sample."""
+    """Float64 normal equations of one run, kept separately for two folds of calibration sequences (even and odd
+    rows, for choosing the ridge by cross-validation), plus a bounded token sample for the cosine objective."""
 
     def __init__(self, diagonal: bool, keep: int):
         self.diagonal = diagonal
         self.keep = keep
-        self.A: torch.Tensor | None = None   # M^T M  (or sum m^2 per feature)
-        self.B: torch.Tensor | None = None   # M^T R  (or sum m r per feature)
-        self.rr = 0.0                        # sum ||r||^2
-        self.n = 0
+        self.folds: list[dict] = [{"A": None, "B": None, "rr": 0.0, "n": 0} for _ in range(2)]
+        self.rows_seen = 0
         self.samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.kept = 0
 
-    def add(self, m: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
+    @property
+    def A(self) -> torch.Tensor:   # M^T M (or sum m^2 per feature)
+        return self.folds[0]["A"] + self.folds[1]["A"] if self.folds[1]["A"] is not None else self.folds[0]["A"]
+
+    @property
+    def B(self) -> torch.Tensor:   # M^T R (or sum m r per feature)
+        return self.folds[0]["B"] + self.folds[1]["B"] if self.folds[1]["B"] is not None else self.folds[0]["B"]
+
+    @property
+    def rr(self) -> float:         # sum ||r||^2
+        return self.folds[0]["rr"] + self.folds[1]["rr"]
+
+    @property
+    def n(self) -> int:
+        return self.folds[0]["n"] + self.folds[1]["n"]
+
+    def add(self, m: torch.Tensor, h: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, batch_rows: int) -> None:
+        """One batch: ``m, h, y`` are (tokens, d) of real tokens, ``rows`` the batch row of each token."""
         dev = torch.device("cpu") if m.device.type == "mps" else m.device
         m64, r64 = m.to(dev, torch.float64), (y.to(dev, torch.float64) - h.to(dev, torch.float64))
-        if self.diagonal:
-            a, b = (m64 * m64).sum(0), (m64 * r64).sum(0)
-        else:
-            a, b = m64.T @ m64, m64.T @ r64
-        self.A = a if self.A is None else self.A + a
-        self.B = b if self.B is None else self.B + b
-        self.rr += float((r64 * r64).sum())
-        self.n += m.shape[0]
+        fold_of = (rows.to(dev) + self.rows_seen) % 2
+        self.rows_seen += batch_rows
+        for k, fold in enumerate(self.folds):
+            sel = fold_of == k
+            mk, rk = m64[sel], r64[sel]
+            if self.diagonal:
+                a, b = (mk * mk).sum(0), (mk * rk).sum(0)
+            else:
+                a, b = mk.T @ mk, mk.T @ rk
+            fold["A"] = a if fold["A"] is None else fold["A"] + a
+            fold["B"] = b if fold["B"] is None else fold["B"] + b
+            fold["rr"] += float((rk * rk).sum())
+            fold["n"] += int(mk.shape[0])
         if self.kept < self.keep:
             take = min(self.keep - self.kept, m.shape[0])
             self.samples.append(tuple(t[:take].detach().float().cpu() for t in (m, h, y)))
             self.kept += take
+
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+
+
+def choose_ridge(acc: "_Accumulator", grid: Sequence[float] = RIDGE_GRID) -> float:
+    """The ridge with the lowest 2-fold cross-validated residual (fit on even sequences, score on odd, and back)."""
+    f0, f1 = acc.folds
+    if f0["n"] == 0 or f1["n"] == 0:
+        return grid[0]
+    best, best_err = grid[0], float("inf")
+    for ridge in grid:
+        err = 0.0
+        for fit, held in ((f0, f1), (f1, f0)):
+            T = solve_lstsq(fit["A"], fit["B"], ridge)
+            err += _mse_of(held["A"], held["B"], held["rr"], held["n"], T) * held["n"]
+        if err < best_err:
+            best, best_err = ridge, err
+    return best
 
 
 def solve_lstsq(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -147,14 +189,18 @@ def solve_lstsq(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
     return torch.linalg.solve(A + lam * eye, B + lam * eye)
 
 
-def _mse(acc: _Accumulator, T: torch.Tensor) -> float:
-    """||R - M T||^2 / n from the accumulated sums: rr - 2 tr(T^T B) + tr(T^T A T)."""
-    A, B = acc.A.double().cpu(), acc.B.double().cpu()
+def _mse_of(A: torch.Tensor, B: torch.Tensor, rr: float, n: int, T: torch.Tensor) -> float:
+    """||R - M T||^2 / n from the sums: rr - 2 tr(T^T B) + tr(T^T A T)."""
+    A, B = A.double().cpu(), B.double().cpu()
     if T.dim() == 1:
-        val = acc.rr - 2 * float((T * B).sum()) + float((T * T * A).sum())
+        val = rr - 2 * float((T * B).sum()) + float((T * T * A).sum())
     else:
-        val = acc.rr - 2 * float((T * B).sum()) + float((T * (A @ T)).sum())
-    return val / max(acc.n, 1)
+        val = rr - 2 * float((T * B).sum()) + float((T * (A @ T)).sum())
+    return val / max(n, 1)
+
+
+def _mse(acc: _Accumulator, T: torch.Tensor) -> float:
+    return _mse_of(acc.A, acc.B, acc.rr, acc.n, T)
 
 
 def _apply(m: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -203,7 +249,8 @@ class _MapFitMetric:
         if layer in self.by_last:
             run = self.by_last[layer]
             m, h = self.pending.pop(run.source)
-            self.accs[run].add(m, h, x_out[mask])
+            rows = mask.nonzero()[:, 0]
+            self.accs[run].add(m, h, x_out[mask], rows, int(mask.shape[0]))
 
     def result(self) -> torch.Tensor:  # pragma: no cover - not a score
         return torch.zeros(0)
@@ -253,12 +300,15 @@ def collect_statistics(dense: nn.Module, calibration: CalibrationSet, removed: S
     return RunStatistics(runs, accs, spec.diagonal, tokens, time.perf_counter() - start)
 
 
-def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float = 1e-4, cosine_steps: int = 30
+def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float | None = None, cosine_steps: int = 30
                ) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
-    """The map of every run from collected statistics; returns ``{source layer: T}`` (original numbering)."""
+    """The map of every run from collected statistics; returns ``{source layer: T}`` (original numbering).
+
+    ``ridge=None`` chooses it per run from :data:`RIDGE_GRID` by 2-fold cross-validation over calibration sequences.
+    """
     if objective not in OBJECTIVES:
         raise DepthpruneError(f"unknown repair objective '{objective}'; choose one of {', '.join(OBJECTIVES)}")
-    if ridge < 0:
+    if ridge is not None and ridge < 0:
         raise DepthpruneError(f"the ridge term must be >= 0, got {ridge}")
     start = time.perf_counter()
     maps: dict[int, torch.Tensor] = {}
@@ -266,9 +316,11 @@ def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float =
     kept = 0
     for run in stats.runs:
         acc = stats.accumulators[run]
-        T = solve_lstsq(acc.A, acc.B, ridge)
+        run_ridge = choose_ridge(acc) if ridge is None else ridge
+        T = solve_lstsq(acc.A, acc.B, run_ridge)
         eye = torch.ones_like(T) if T.dim() == 1 else torch.eye(T.shape[0], dtype=torch.float64)
-        fit = RunFit(run.source, list(range(run.first, run.last + 1)), acc.n, _mse(acc, eye), _mse(acc, T))
+        fit = RunFit(run.source, list(range(run.first, run.last + 1)), acc.n, _mse(acc, eye), _mse(acc, T),
+                     ridge=run_ridge)
         if objective == "cosine":
             if not acc.samples:
                 raise DepthpruneError("the cosine objective needs activations: collect statistics with keep_tokens > 0")
@@ -292,7 +344,7 @@ def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float =
 
 
 def fit_linear_maps(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int], *,
-                    objective: str = "lstsq", ridge: float = 1e-4, batch_size: int = 8, cosine_steps: int = 30,
+                    objective: str = "lstsq", ridge: float | None = None, batch_size: int = 8, cosine_steps: int = 30,
                     cosine_tokens: int = 16384, progress: bool = True
                     ) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
     """Fit one map per maximal removed run on the dense model; returns ``{source layer: T}`` (original numbering)."""
