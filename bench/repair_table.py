@@ -186,7 +186,12 @@ def render(paths: list[str]) -> str:
         for r in m["rows"]:
             peak = f"{r['repair_peak_mb']:.0f}" if r.get("repair_peak_mb") is not None else "-"
             ratio = f"{r['ppl'] / m['dense']:.2f}" if m["dense"] else "-"
-            lines.append(f"| {r['strategy']} | {r['removed']} | {r['repair']} | {r['ppl']:.2f} | {ratio} | "
+            label = r["repair"]
+            if "fit" in r:
+                ridge = r["fit"].get("ridge")
+                chosen = sorted({run.get("ridge") for run in r["fit"]["runs"] if run.get("ridge") is not None})
+                label += f" (ridge {ridge:g})" if ridge is not None else f" (ridge by CV: {', '.join(f'{c:g}' for c in chosen)})"
+            lines.append(f"| {r['strategy']} | {r['removed']} | {label} | {r['ppl']:.2f} | {ratio} | "
                          f"{r['repair_s']:.0f} | {peak} |")
         for path, d in m["meta"]:
             for ref in d.get("refused", []):
