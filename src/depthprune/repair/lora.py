@@ -163,7 +163,7 @@ def lora_repair(model: nn.Module, train: CalibrationSet, heldout: CalibrationSet
                 optimizer.step()
                 report.steps_done = step
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 if heldout is not None and (step % eval_every == 0 or step == steps):
                     current = evaluate(step, bar)
                     if current <= best:
