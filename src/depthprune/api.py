@@ -27,7 +27,7 @@ from .errors import DepthpruneError
 from .evaluation import PerplexityResult, evaluate_tasks, perplexity
 from .export import check_output_dir, save_pruned
 from .models import LoadedModel, load_model
-from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RuntimeRecipe, SelectionRecipe
+from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RepairRecipe, RuntimeRecipe, SelectionRecipe
 from .reports import PruneReport, ScoreReport
 from .metrics import check_metric
 from .selection import ascending_order, removal_count
@@ -225,6 +225,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     ``recipe.model``; ``scores`` reuses a :class:`ScoreReport` instead of scoring; ``calibration``
     a ready :class:`CalibrationSet`. Everything is validated before any model or data work.
     """
+    if scores is None and recipe.selection.scores is not None:  # a recorded scores file drives the selection
+        from .scale.pipeline import score_file
+
+        scores = score_file(recipe.selection.scores)
     recipe.validate(check_data=calibration is None and scores is None)
     sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
     if out.path is not None:
@@ -293,16 +297,33 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         return evaluate_tasks(m, loaded.tokenizer, ev.tasks, model_name=loaded.source, role=role,
                               command=command, **ev.task_options(cal.batch_size))
 
+    repairing = bool(recipe.repair.methods)
+    if repairing:  # repair (issue 10): refuse an impossible repair before any measurement
+        from .repair.stage import check_repairable
+
+        check_repairable(recipe.repair, loaded.model, removed)
     if ev.ppl is not None:
         ppl["dense"] = measure(loaded.model)
     if ev.tasks is not None:
         evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
-    keep_dense = ev.bench or not in_place  # the dense model is needed for the side-by-side measurement
+    # the dense model is needed for the side-by-side measurement, and by repair (activations, teacher)
+    keep_dense = ev.bench or not in_place or repairing
     if explicit:
         pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
     else:  # laco: merged, then removed
         pruned = apply_selection(loaded.model, chosen, in_place=not keep_dense)
+    repair_report = None
+    if repairing:  # --- repair stage (issue 10) ---
+        from .repair.stage import run_repair
+
+        if ev.ppl is not None:
+            ppl["unrepaired"] = measure(pruned)
+        if "linear" in recipe.repair.methods and calibration is None:
+            calibration = calibration_set(loaded, cal.data, samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
+                                          text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
+        pruned, repair_report = run_repair(recipe.repair, loaded.model, pruned, removed, calibration=calibration,
+                                           tokenizer=loaded.tokenizer, batch_size=cal.batch_size, progress=progress)
     if ev.ppl is not None:
         ppl["pruned"] = measure(pruned)
     if ev.tasks is not None:
@@ -315,6 +336,7 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         params_after=parameter_count(pruned), scores=list(first.scores) if first else list(scores.scores) if scores else [],
         calibration=calibration_settings, protect_first=sel.protect_first, protect_last=sel.protect_last,
         perplexity=ppl, selection={"order": order, **details}, command=command, recipe=recipe.to_json(),
+        repair=repair_report,
     )
     comparison = None
     if ev.bench:
@@ -345,3 +367,63 @@ def heads(model, tokenizer=None, **kwargs):
     from .width import score_heads
 
     return score_heads(model, tokenizer, **kwargs)
+
+
+# --- repair an existing depthprune output (issue 10) ---------------------------------------------
+
+def repair(pruned_dir: str | Path, repair: "RepairRecipe", *, out: str | Path | None = None, overwrite: bool = False,
+           calibration: "CalibrationRecipe | None" = None, eval_ppl: str | None = None, ppl_seq_len: int = 512,
+           ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", command: str | None = None,
+           progress: bool = True) -> PruneResult:
+    """Repair the checkpoint in ``pruned_dir`` (a depthprune output) and save it to ``out`` (when given).
+
+    ``linear`` and ``distill`` need the dense model: it is loaded from the source recorded in the output's
+    ``depthprune.json``, with the recorded calibration unless ``calibration`` is given.
+    """
+    from .repair.stage import (build_repair_calibration, calibration_recipe_of, check_repairable, read_output,
+                               run_repair)
+    from .surgery import validate_layer_indices
+
+    recorded = read_output(pruned_dir)
+    repair.validate()
+    if eval_ppl is not None:
+        validate_spec(eval_ppl, allow_self=False)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    if not repair.methods:
+        raise DepthpruneError("name a repair method: --method linear, lora or linear,lora")
+    removed = list(recorded.get("removed_layers") or [])
+    total = int(recorded.get("num_layers_before", 0))
+    validate_layer_indices(removed, total)
+    loaded = load_model(str(pruned_dir), dtype=dtype, device=device)
+    dense = None
+    if "linear" in repair.methods or repair.distill:
+        dense = load_model(str(recorded["model"]), dtype=dtype, device=device).model
+        if num_layers(dense.config) != total:
+            raise DepthpruneError(f"the recorded source model '{recorded['model']}' has {num_layers(dense.config)} "
+                                  f"layers but the output was pruned from a {total}-layer model")
+    check_repairable(repair, dense if dense is not None else loaded.model, removed if dense is not None else [])
+    cal_set = None
+    if "linear" in repair.methods:
+        cal_recipe = calibration or calibration_recipe_of(recorded)
+        cal_set = build_repair_calibration(cal_recipe, loaded.tokenizer, dense, progress)
+    ppl: dict = {}
+    if eval_ppl is not None:
+        ppl["unrepaired"] = perplexity(loaded.model, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len,
+                                       max_tokens=ppl_max_tokens, progress=progress).to_json()
+    model, report_json = run_repair(repair, dense, loaded.model, removed, calibration=cal_set,
+                                    tokenizer=loaded.tokenizer, progress=progress)
+    if eval_ppl is not None:
+        ppl["pruned"] = perplexity(model, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
+                                   progress=progress).to_json()
+    report_json["command"] = command
+    report_json["repaired_from"] = str(pruned_dir)
+    fields_ = {k: v for k, v in recorded.items() if k in PruneReport.__dataclass_fields__}
+    report = PruneReport(**fields_)
+    report.repair = report_json
+    if ppl:
+        report.perplexity = {**(report.perplexity or {}), **ppl}
+    result = PruneResult(model, loaded.tokenizer, report)
+    if out is not None:
+        result.save(out, overwrite=overwrite)
+    return result

@@ -146,7 +146,28 @@ PRUNE_FLAGS = {
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
     "laco": ("selection", "laco"),  # issue 11
     "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
+    "scores_file": ("selection", "scores"),
 }
+# --- repair flags (issue 10) ---
+PRUNE_FLAGS.update({
+    "repair": ("repair", "methods"), "repair_objective": ("repair", "objective"), "repair_data": ("repair", "data"),
+    "repair_tokens": ("repair", "tokens"), "distill": ("repair", "distill"), "repair_lr": ("repair", "lr"),
+    "repair_rank": ("repair", "rank"), "repair_seq_len": ("repair", "seq_len"),
+})
+RepairOpt = typer.Option(None, "--repair", help="Repair after removal: linear, lora or linear,lora (off by default).")
+RepairObjectiveOpt = typer.Option("lstsq", "--repair-objective", help="Linear repair objective: lstsq or cosine.")
+RepairDataOpt = typer.Option(None, "--repair-data", help="Text SPEC for lora repair (keep it disjoint from --eval-ppl).")
+RepairTokensOpt = typer.Option(32768, "--repair-tokens", help="LoRA training budget in tokens.")
+DistillOpt = typer.Option(False, "--distill", help="LoRA: KL to the dense model's next-token distribution instead of next-token loss.")
+RepairLrOpt = typer.Option(1e-3, "--repair-lr", help="LoRA learning rate.")
+RepairRankOpt = typer.Option(8, "--repair-rank", help="LoRA rank.")
+RepairSeqLenOpt = typer.Option(256, "--repair-seq-len", help="LoRA training window length.")
+
+
+def _parse_methods(value: str | None) -> list[str]:
+    return [] if value is None else _csv_list(value, "repair methods")
+# --- end repair flags ---
+
 BENCH_FLAGS = {"bench_seq_lens": "seq_lens", "bench_decode_tokens": "decode_tokens", "bench_repeats": "repeats",
                "bench_threads": "threads"}
 
@@ -173,7 +194,9 @@ def recipe_from_flags(ctx: typer.Context, model: str | None, recipe_file: Path |
                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     values = dict(flags)
     values["layers"] = _parse_layers(values["layers"])
+    values["repair"] = _parse_methods(values["repair"])
     values["out"] = None if values["out"] is None else str(values["out"])
+    values["scores_file"] = None if values["scores_file"] is None else str(values["scores_file"])
     values["eval_data_dir"] = None if values["eval_data_dir"] is None else str(values["eval_data_dir"])
     for name, (section, field_name) in PRUNE_FLAGS.items():
         if recipe_file is None or name in explicit:
@@ -223,7 +246,11 @@ def prune(ctx: typer.Context,
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
           offload: str = typer.Option("none", "--offload", help="layers: never load the model (streamed scoring, pruning a safetensors checkpoint on disk); auto: only when it does not fit; none."),
           activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory while scoring."),
-          scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring).")) -> None:
+          scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring)."),
+          repair: Optional[str] = RepairOpt, repair_objective: str = RepairObjectiveOpt,
+          repair_data: Optional[str] = RepairDataOpt, repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt,
+          repair_lr: float = RepairLrOpt, repair_rank: int = RepairRankOpt,
+          repair_seq_len: int = RepairSeqLenOpt) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -238,12 +265,7 @@ def prune(ctx: typer.Context,
     if recipe.output.path is None:
         raise DepthpruneError("give --out DIR for the pruned checkpoint")
     recipe.validate()  # every bad value fails here, before loading the model
-    scores = None
-    if scores_file is not None:  # scale (issue 12)
-        from .scale.pipeline import score_file
-
-        scores = score_file(scores_file)
-    result = run(recipe, scores=scores, in_place=True, command=command_line(), progress=_progress())
+    result = run(recipe, in_place=True, command=command_line(), progress=_progress())
     report = result.report
     if report.scores:
         console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
@@ -258,7 +280,7 @@ def prune(ctx: typer.Context,
         table = Table(title=f"perplexity on {recipe.evaluation.ppl}")
         for col in ("model", "perplexity", "tokens"):
             table.add_column(col, justify="right")
-        for name in ("dense", "pruned"):
+        for name in [n for n in ("dense", "unrepaired", "pruned") if n in report.perplexity]:
             r = report.perplexity[name]
             table.add_row(name, f"{r['ppl']:.3f}", str(r["tokens"]))
         console.print(table)
@@ -561,6 +583,53 @@ def heads(model: str = ModelArg, data: str = DataOpt,
     console.print(f"wrote {out}/heads.json, heads.png" + (", model/" if pruned is not None else ""))
 
 # --- end width ----------------------------------------------------------------------------------------
+
+
+# --- depthprune repair (issue 10) ---
+@app.command("repair")
+def repair_cmd(pruned_dir: Path = typer.Argument(..., help="Output directory of `depthprune prune`."),
+               out: Path = typer.Option(..., "--out", help="Where to write the repaired checkpoint."),
+               method: str = typer.Option(..., "--method", help="linear, lora or linear,lora."),
+               repair_objective: str = RepairObjectiveOpt, repair_data: Optional[str] = RepairDataOpt,
+               repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt, repair_lr: float = RepairLrOpt,
+               repair_rank: int = RepairRankOpt, repair_seq_len: int = RepairSeqLenOpt,
+               data: Optional[str] = typer.Option(None, "--data", help="Calibration SPEC for linear repair (default: the one the prune run recorded)."),
+               samples: Optional[int] = typer.Option(None, "--samples", help="Calibration sequences for linear repair (default: recorded)."),
+               seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Calibration sequence length (default: recorded)."),
+               seed: int = SeedOpt,
+               eval_ppl: Optional[str] = typer.Option(None, "--eval-ppl", help="Text SPEC: perplexity before and after repair."),
+               ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for --eval-ppl."),
+               ppl_max_tokens: int = typer.Option(40_000, "--ppl-max-tokens", help="Token budget for --eval-ppl."),
+               dtype: str = DtypeOpt, device: str = DeviceOpt,
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+    """Repair an existing depthprune output (linear needs the dense model: read from its depthprune.json)."""
+    from .api import repair as repair_api
+    from .recipe import CalibrationRecipe, RepairRecipe
+    from .repair.stage import calibration_recipe_of, read_output
+
+    rr = RepairRecipe(methods=_parse_methods(method), objective=repair_objective, data=repair_data,
+                      tokens=repair_tokens, distill=distill, lr=repair_lr, rank=repair_rank, seq_len=repair_seq_len,
+                      seed=seed)
+    rr.validate()
+    calibration = None
+    if data is not None or samples is not None or seq_len is not None:
+        base = calibration_recipe_of(read_output(pruned_dir)) if data is None else CalibrationRecipe(data=data)
+        calibration = CalibrationRecipe(data=data or base.data, samples=samples or base.samples,
+                                        seq_len=seq_len or base.seq_len, seed=base.seed)
+        calibration.validate()
+    result = repair_api(pruned_dir, rr, out=out, overwrite=overwrite, calibration=calibration, eval_ppl=eval_ppl,
+                        ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
+                        command=command_line(), progress=_progress())
+    if result.report.perplexity:
+        table = Table(title=f"perplexity on {eval_ppl}")
+        for col in ("model", "perplexity", "tokens"):
+            table.add_column(col, justify="right")
+        for name in [n for n in ("dense", "unrepaired", "pruned") if n in result.report.perplexity]:
+            r = result.report.perplexity[name]
+            table.add_row("repaired" if name == "pruned" and eval_ppl else name, f"{r['ppl']:.3f}", str(r["tokens"]))
+        console.print(table)
+    console.print(f"saved repaired checkpoint to {out}")
+# --- end depthprune repair ---
 
 
 def main(argv: list[str] | None = None) -> None:

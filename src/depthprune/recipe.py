@@ -45,6 +45,7 @@ class SelectionRecipe:
     remove: int | None = None
     ratio: float | None = None
     layers: list[int] | None = None  # explicit 0-based layers; no scoring at all
+    scores: str | None = None  # a scores JSON from `depthprune score`: choose from it instead of scoring
     metric: str | None = None  # None: the strategy's default (bi, angular for block, ppl for greedy-ppl)
     strategy: str = "one-shot"
     protect_first: int = 0
@@ -143,6 +144,58 @@ class RuntimeRecipe:
         _positive(self, "activation_budget_mb")
 
 
+# --- repair (issue 10) ---------------------------------------------------------------------------
+REPAIR_METHODS = ("linear", "lora")
+
+
+@dataclass
+class RepairRecipe:
+    """Repair after removal; ``methods=[]`` (default) is off. ``linear`` then ``lora`` when both are given.
+
+    linear: a map per removed run fitted on the dense model's calibration activations (``objective`` lstsq or
+    cosine, ``ridge``), folded into the layer before the run. lora: peft LoRA on ``data`` for ``tokens``
+    tokens (next-token loss, or KL to the dense model with ``distill``), merged into the weights.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    objective: str = "lstsq"
+    ridge: float | None = None  # None: chosen per removed run by 2-fold cross-validation on the calibration
+    cosine_steps: int = 30
+    data: str | None = None
+    tokens: int = 32768
+    seq_len: int = 256
+    distill: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 1e-3
+    batch_size: int = 4
+    eval_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in REPAIR_METHODS]
+        if bad:
+            raise DepthpruneError(f"unknown repair method '{bad[0]}'; choose from {', '.join(REPAIR_METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise DepthpruneError(f"a repair method is named twice: {','.join(self.methods)}")
+        if self.methods and self.methods != [m for m in REPAIR_METHODS if m in self.methods]:
+            raise DepthpruneError("repair methods run linear first, then lora: write --repair linear,lora")
+        if self.objective not in ("lstsq", "cosine"):
+            raise DepthpruneError(f"unknown --repair-objective '{self.objective}'; choose lstsq or cosine")
+        if (self.ridge is not None and self.ridge < 0) or self.lr <= 0 or self.alpha <= 0:
+            raise DepthpruneError("the repair ridge must be >= 0, and the LoRA lr and alpha > 0")
+        _positive(self, "cosine_steps", "tokens", "seq_len", "rank", "batch_size", "eval_every")
+        if "lora" in self.methods:
+            if self.data is None:
+                raise DepthpruneError("lora repair needs text to train on: give --repair-data SPEC")
+            from .data import validate_spec
+
+            validate_spec(self.data, allow_self=False)
+            if self.tokens < self.seq_len:
+                raise DepthpruneError(f"--repair-tokens {self.tokens} is less than one window of {self.seq_len} tokens")
+# --- end repair ----------------------------------------------------------------------------------
+
+
 @dataclass
 class Recipe:
     """One pruning run, stage by stage. ``Recipe.load(path)`` / ``to_json()`` round-trip exactly."""
@@ -153,6 +206,7 @@ class Recipe:
     evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
     output: OutputRecipe = field(default_factory=OutputRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    repair: RepairRecipe = field(default_factory=RepairRecipe)
     version: int = RECIPE_VERSION
 
     def validate(self, *, check_data: bool = True) -> "Recipe":
@@ -166,6 +220,9 @@ class Recipe:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.selection.strategy == "laco" and "linear" in self.repair.methods:
+            raise DepthpruneError("linear repair fits its map on the unmerged model's activations, which LaCo's merged "
+                                  "layers no longer produce; use --repair lora with --strategy laco")
         if check_data and self.selection.layers is None:
             from .data import validate_spec
 
@@ -250,3 +307,4 @@ def _positive(section, *names: str) -> None:
 
 SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
             "output": OutputRecipe, "runtime": RuntimeRecipe}
+SECTIONS["repair"] = RepairRecipe
