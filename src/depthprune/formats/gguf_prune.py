@@ -450,3 +450,95 @@ def check_gguf_output(out: str | Path, overwrite: bool, src: str | Path | None =
     if out.exists() and not overwrite:
         raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
     return out
+
+
+# --------------------------------------------------------------------------- the prune pipeline's GGUF output
+
+
+def source_gguf(loaded) -> Path | None:
+    """The GGUF file a :class:`~depthprune.models.LoadedModel` was loaded from (a .gguf path or a demo alias)."""
+    from ..models import DEMO_MODELS
+
+    kind = loaded.info.get("kind")
+    if kind == "gguf":
+        return Path(loaded.source).expanduser()
+    if kind == "demo" and loaded.source in DEMO_MODELS:
+        return DEMO_MODELS[loaded.source].locate()
+    return None
+
+
+def gguf_output_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(gguf file, report json)``: ``X.gguf`` -> ``X.gguf`` and ``X.depthprune.json``; a directory D -> D/model.gguf."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return path, path.with_suffix(".depthprune.json")
+    return path / "model.gguf", path / "depthprune.json"
+
+
+def check_gguf_destination(path: str | Path, overwrite: bool) -> None:
+    """Refuse, before any heavy work, an output that exists (without ``overwrite``) or is the wrong kind."""
+    from ..export import check_output_dir
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        gguf_file, report = gguf_output_paths(path)
+        check_gguf_output(gguf_file, overwrite)
+        if report.exists() and not overwrite:
+            raise DepthpruneError(f"report file {report} already exists; choose another --out or pass --overwrite")
+    else:
+        check_output_dir(path, overwrite)
+
+
+def _card(report, bench: dict | None, evals: dict | None, gguf: GGUFPruneResult) -> str:
+    from ..export import model_card
+
+    card = model_card(report, bench=bench, evals=evals)
+    card = card.replace("library_name: transformers", "library_name: gguf")
+    card = re.sub(r"This is an ordinary transformers checkpoint:[^\n]*",
+                  "This is a GGUF file (`model.gguf`) for llama.cpp and compatible runtimes; the kept blocks' "
+                  "tensors are the original file's bytes (same quantization), renumbered. transformers loads it "
+                  "with `AutoModelForCausalLM.from_pretrained(this_dir, gguf_file=\"model.gguf\")`.", card)
+    return card + (f"\nGGUF: {gguf.blocks_before} -> {gguf.blocks_after} blocks, "
+                   f"{gguf.bytes_before:,} -> {gguf.bytes_after:,} bytes.\n")
+
+
+def save_gguf(source: str | Path, report, out: str | Path, *, overwrite: bool = False, bench: dict | None = None,
+              evals: dict | None = None) -> GGUFPruneResult:
+    """Write the pruned GGUF for a prune run from the ORIGINAL ``source`` file's bytes.
+
+    ``out`` ending in ``.gguf``: that file plus ``<stem>.depthprune.json`` beside it. Otherwise a
+    directory (made atomically) with ``model.gguf``, ``depthprune.json``, a model card and the
+    layer-score plot. ``report`` is the run's :class:`~depthprune.reports.PruneReport`; its
+    ``removed_layers`` are cut. The JSON records the report plus a ``"gguf"`` section.
+    """
+    import json
+
+    from ..export import atomic_directory, write_json_atomic
+    from ..plots import plot_layer_scores
+
+    out = Path(out).expanduser()
+    check_gguf_destination(out, overwrite)
+    if out.suffix.lower() == ".gguf":
+        result = prune_gguf(source, report.removed_layers, out, overwrite=overwrite)
+        write_json_atomic(gguf_output_paths(out)[1], {**report.to_json(), "gguf": result.to_json()})
+        return result
+    with atomic_directory(out, overwrite) as tmp:
+        result = prune_gguf(source, report.removed_layers, tmp / "model.gguf")
+        result.output = str(out / "model.gguf")
+        (tmp / "depthprune.json").write_text(json.dumps({**report.to_json(), "gguf": result.to_json()}, indent=2)
+                                             + "\n", encoding="utf-8")
+        if bench is not None:
+            (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
+        card_evals = None
+        if evals:
+            from ..report import read_evals
+
+            (tmp / "eval").mkdir()
+            for role, res in evals.items():
+                (tmp / "eval" / f"{role}.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+            card_evals = read_evals(tmp, report.to_json())[0]
+        (tmp / "README.md").write_text(_card(report, bench, card_evals, result), encoding="utf-8")
+        if report.scores:
+            plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
+                              metric=report.metric, title=f"{report.model}: {report.metric} per layer (red = removed)")
+    return result
