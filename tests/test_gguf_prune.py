@@ -251,3 +251,57 @@ def test_gemma3_gguf_round_trip_keeps_attention_types(tmp_path):
     reloaded = load_hf(Path(result.output))
     assert reloaded.config.layer_types == reference.config.layer_types
     torch.testing.assert_close(logits(reloaded, tokens), logits(reference, tokens), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI and API
+
+
+def _cli(*args) -> int:
+    """Run the CLI entry point in this process (a subprocess would re-import torch for each call); its exit code."""
+    from depthprune import cli
+
+    try:
+        cli.main(["-q", *map(str, args)])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_gguf_file_and_directory_outputs(tmp_path, capsys):
+    import json
+
+    src = write_tiny_gguf(tmp_path / "in.gguf")
+    before = src.read_bytes()
+    assert _cli("prune", src, "--layers", "1", "--out", tmp_path / "out.gguf") == 0
+    assert GGUFReader(tmp_path / "out.gguf").fields["llama.block_count"].contents() == 3
+    report = json.loads((tmp_path / "out.depthprune.json").read_text())
+    assert report["removed_layers"] == [1] and report["gguf"]["kept_layers"] == [0, 2, 3]
+    assert report["recipe"]["output"]["format"] == "gguf"
+
+    assert _cli("prune", src, "--layers", "0,2", "--format", "gguf", "--out", tmp_path / "dir") == 0
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["README.md", "depthprune.json", "model.gguf"]
+    assert 'gguf_file="model.gguf"' in (tmp_path / "dir" / "README.md").read_text()
+    assert GGUFReader(tmp_path / "dir" / "model.gguf").fields["llama.block_count"].contents() == 2
+
+    capsys.readouterr()
+    assert _cli("prune", src, "--layers", "2", "--out", tmp_path / "out.gguf") == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "Traceback" not in err
+    assert GGUFReader(tmp_path / "out.gguf").fields["llama.block_count"].contents() == 3  # untouched
+    assert src.read_bytes() == before
+
+
+def test_recipe_gguf_rules(tmp_path):
+    from depthprune.api import run
+    from depthprune.recipe import OutputRecipe, Recipe, SelectionRecipe
+
+    from tiny import tiny_checkpoint
+
+    with pytest.raises(DepthpruneError, match="ends in .gguf but the output format is 'hf'"):
+        OutputRecipe(path="x.gguf").validate()
+    model_dir = tiny_checkpoint(tmp_path / "hf", num_layers=4)
+    recipe = Recipe(model=str(model_dir), selection=SelectionRecipe(layers=[1]),
+                    output=OutputRecipe(path=str(tmp_path / "o.gguf"), format="gguf"))
+    with pytest.raises(DepthpruneError, match="needs a GGUF source"):
+        run(recipe, progress=False)
+    assert not (tmp_path / "o.gguf").exists()
