@@ -370,20 +370,21 @@ def _tensor_table(plan: list[tuple[str, TensorInfo]], alignment: int) -> bytes:
     return bytes(out)
 
 
-def _copy_bytes(src: BinaryIO, dst: BinaryIO, offset: int, nbytes: int, chunk: int) -> None:
+def _copy_bytes(src: BinaryIO, dst: BinaryIO, offset: int, nbytes: int, buffer: memoryview) -> None:
+    """Copy ``nbytes`` from ``offset`` through one reused buffer (memory stays at the buffer's size)."""
     src.seek(offset)
     left = nbytes
     while left:
-        data = src.read(min(chunk, left))
-        if not data:
+        got = src.readinto(buffer[:min(len(buffer), left)])
+        if not got:
             raise DepthpruneError("the GGUF file ended inside a tensor; it is truncated")
-        dst.write(data)
-        left -= len(data)
+        dst.write(buffer[:got])
+        left -= got
 
 
 def _write(header: GGUFHeader, tmp: Path, arch: str, n_blocks: int, keep: list[int],
            chunk: int) -> tuple[list[str], int]:
-    with header.path.open("rb") as src:
+    with header.path.open("rb", buffering=0) as src:
         with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             entries, sliced = _metadata(header, buf, arch, n_blocks, keep)
         plan = _plan_tensors(header, n_blocks, keep)
@@ -392,9 +393,10 @@ def _write(header: GGUFHeader, tmp: Path, arch: str, n_blocks: int, keep: list[i
             for entry in entries:
                 out.write(entry)
             out.write(_tensor_table(plan, header.alignment))
+            buffer = memoryview(bytearray(chunk))
             for _, tensor in plan:
                 out.write(b"\0" * (_pad(out.tell(), header.alignment) - out.tell()))
-                _copy_bytes(src, out, header.data_start + tensor.offset, tensor.nbytes, chunk)
+                _copy_bytes(src, out, header.data_start + tensor.offset, tensor.nbytes, buffer)
             out.write(b"\0" * (_pad(out.tell(), header.alignment) - out.tell()))
             out.flush()
             os.fsync(out.fileno())
