@@ -231,8 +231,13 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         scores = score_file(recipe.selection.scores)
     recipe.validate(check_data=calibration is None and scores is None)
     sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
-    if out.path is not None:
+    if out.path is not None and out.format != "gguf":
         check_output_dir(out.path, out.overwrite)
+    # --- GGUF output (issue 9 section 1): the destination is checked before any model work
+    if out.path is not None and out.format == "gguf":
+        from .formats.gguf_prune import check_gguf_destination
+
+        check_gguf_destination(out.path, out.overwrite)
     explicit = sel.layers is not None
     metric = sel.metric
     if explicit:
@@ -285,6 +290,17 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
                                batch_size=cal.batch_size, seed=cal.seed, precomputed=precomputed, progress=progress,
                                laco=sel.laco)
         removed, order, details = chosen.removed, chosen.order, chosen.details
+
+    # --- GGUF output (issue 9 section 1): refuse removals the GGUF cannot represent before evaluating
+    gguf_source = None
+    if out.path is not None and out.format == "gguf":
+        from .formats.gguf_prune import check_gguf_removal, source_gguf
+
+        gguf_source = source_gguf(loaded)
+        if gguf_source is None:
+            raise DepthpruneError(f"GGUF output keeps the original quantized tensors, so it needs a GGUF source "
+                                  f"(a .gguf file or a demo alias), not '{loaded.source}'; use --format hf")
+        check_gguf_removal(gguf_source, removed)
 
     ppl: dict = {}
     evals: dict | None = None
@@ -347,7 +363,12 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
                              progress=progress, **ev.bench_options)
         comparison.command = command
     result = PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
-    if out.path is not None:
+    if gguf_source is not None:  # GGUF output (issue 9 section 1): cut from the original file's bytes
+        from .formats.gguf_prune import save_gguf
+
+        save_gguf(gguf_source, report, out.path, overwrite=out.overwrite,
+                  bench=comparison.to_json() if comparison is not None else None, evals=evals)
+    elif out.path is not None:
         result.save(out.path, overwrite=out.overwrite)
     return result
 

@@ -250,7 +250,8 @@ def prune(ctx: typer.Context,
           repair: Optional[str] = RepairOpt, repair_objective: str = RepairObjectiveOpt,
           repair_data: Optional[str] = RepairDataOpt, repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt,
           repair_lr: float = RepairLrOpt, repair_rank: int = RepairRankOpt,
-          repair_seq_len: int = RepairSeqLenOpt) -> None:
+          repair_seq_len: int = RepairSeqLenOpt,
+          output_format: Optional[str] = typer.Option(None, "--format", help="hf (transformers checkpoint, default) or gguf (from a GGUF source: the original quantized tensors of the kept blocks, byte for byte; default when --out ends in .gguf).")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -262,6 +263,11 @@ def prune(ctx: typer.Context,
     flags = {name: value for name, value in locals().items()
              if name in PRUNE_FLAGS or name in BENCH_FLAGS}
     recipe = recipe_from_flags(ctx, model, recipe_file, flags)
+    # --- GGUF output (issue 9 section 1): --format, or an --out path ending in .gguf
+    if output_format is not None:
+        recipe.output.format = output_format
+    elif recipe.output.path is not None and recipe.output.path.lower().endswith(".gguf"):
+        recipe.output.format = "gguf"
     if recipe.output.path is None:
         raise DepthpruneError("give --out DIR for the pruned checkpoint")
     recipe.validate()  # every bad value fails here, before loading the model
@@ -288,7 +294,12 @@ def prune(ctx: typer.Context,
         _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
-    console.print(f"saved pruned checkpoint to {recipe.output.path}")
+    if recipe.output.format == "gguf":
+        from .formats.gguf_prune import gguf_output_paths
+
+        console.print(f"saved pruned GGUF to {gguf_output_paths(recipe.output.path)[0]}")
+    else:
+        console.print(f"saved pruned checkpoint to {recipe.output.path}")
 
 
 def _print_task_results(by_role: dict, title: str) -> None:

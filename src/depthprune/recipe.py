@@ -113,14 +113,18 @@ class OutputRecipe:
 
     path: str | None = None  # None: nothing is saved (API use)
     overwrite: bool = False
-    format: str = "hf"  # hf: a transformers checkpoint directory
+    format: str = "hf"  # hf: a transformers checkpoint directory; gguf: see below
 
     def validate(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise DepthpruneError(f"unknown output format '{self.format}'; choose one of {', '.join(OUTPUT_FORMATS)}")
+        # --- GGUF output (issue 9 section 1): path X.gguf = one file, any other path = a directory with model.gguf
+        if self.format != "gguf" and self.path is not None and self.path.lower().endswith(".gguf"):
+            raise DepthpruneError(f"output path {self.path} ends in .gguf but the output format is '{self.format}'; "
+                                  "use format gguf (--format gguf) or a directory path")
 
 
-OUTPUT_FORMATS = ("hf",)
+OUTPUT_FORMATS = ("hf", "gguf")
 
 
 @dataclass
