@@ -1,0 +1,1 @@
+"""Output formats: GGUF files and weight-only quantized checkpoints."""
