@@ -24,12 +24,13 @@ from torch import nn
 from .architectures import layout, num_layers
 from .data import CalibrationSet, build_calibration, validate_spec
 from .errors import DepthpruneError
-from .evaluation import PerplexityResult, check_tasks, evaluate_tasks, perplexity
-from .export import save_pruned
+from .evaluation import PerplexityResult, evaluate_tasks, perplexity
+from .export import check_output_dir, save_pruned
 from .models import LoadedModel, load_model
+from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RuntimeRecipe, SelectionRecipe
 from .reports import PruneReport, ScoreReport
 from .metrics import check_metric
-from .selection import ascending_order, check_removal_request, removal_count
+from .selection import ascending_order, removal_count
 from .strategies import MetricScores, compute_scores, resolve, select
 from .surgery import parameter_count, pruned_copy, remove_layers
 
@@ -134,6 +135,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           data: str | CalibrationSet = "builtin", metric: str | None = None, strategy: str = "one-shot",
           scores: ScoreReport | None = None, samples: int = 128, seq_len: int = 512, batch_size: int = 8,
           seed: int = 0, text_field: str = "text", protect_first: int = 0, protect_last: int = 0,
+          layers: Sequence[int] | None = None,
           eval_ppl: str | None = None, ppl_seq_len: int = 512, ppl_max_tokens: int = 40_000,
           dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
@@ -141,8 +143,12 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           progress: bool = True) -> PruneResult:
     """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
+    A keyword front end to :func:`run`: the arguments become a :class:`~depthprune.recipe.Recipe`
+    (recorded in the report), which :func:`run` executes. Nothing is saved; call ``result.save``.
+
     Strategies: ``one-shot`` (default metric bi), ``iterative`` (bi), ``block`` (angular) and
-    ``greedy-ppl`` (ppl); see :mod:`depthprune.strategies`. ``scores`` (a ScoreReport) is reused
+    ``greedy-ppl`` (ppl); see :mod:`depthprune.strategies`. ``layers`` removes exactly those
+    0-based layers (no scoring). ``scores`` (a ScoreReport) is reused
     instead of scoring, for ``one-shot`` and for ``block`` with bi/relative-magnitude.
     With ``in_place=False`` (default) the given in-memory model is left untouched and a pruned copy
     is returned; ``in_place=True`` saves the memory of a copy.
@@ -153,84 +159,136 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     (:func:`depthprune.evaluation.evaluate_tasks`, ``eval_options``: data_dir, limit, num_fewshot,
     batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
     """
-    check_removal_request(remove, ratio)
-    if scores is not None and metric is None:
-        metric = scores.metric
-    metric = resolve(metric, strategy)
-    if scores is not None:
-        if scores.metric != metric:
-            raise DepthpruneError(f"the given scores are '{scores.metric}' scores but metric '{metric}' was asked for")
-        if strategy not in ("one-shot", "block") or (strategy == "block" and metric.startswith("angular")):
-            raise DepthpruneError(f"precomputed scores can drive 'one-shot' (or 'block' with bi/relative-magnitude), "
-                                  f"not '{strategy}' with '{metric}', which scores the model itself")
-    if isinstance(data, str) and scores is None:
-        validate_spec(data)
-    if eval_ppl is not None:
-        validate_spec(eval_ppl, allow_self=False)
+    calibration = data if isinstance(data, CalibrationSet) else None
     eval_options = dict(eval_options or {})
-    if eval_tasks is not None:
-        check_tasks(eval_tasks, eval_options.get("data_dir"))
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
-    total = num_layers(loaded.model.config)
-    n = removal_count(total, remove=remove, ratio=ratio)
-    layout(loaded.model)
-    if scores is not None:
-        if scores.num_layers != total:
-            raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
-        precomputed = {metric: MetricScores(metric, list(scores.scores), tokens=scores.tokens)}
-        calibration = None
-        calibration_settings = dict(scores.calibration)
+    if isinstance(eval_tasks, (list, tuple)):
+        eval_tasks = ",".join(eval_tasks)
+    recipe = Recipe(
+        model=model if isinstance(model, str) else str(getattr(model, "source", None) or _model_name(model)),
+        calibration=CalibrationRecipe(
+            data=calibration.settings.get("source", "tensors") if calibration is not None else str(data),
+            samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field),
+        selection=SelectionRecipe(remove=remove, ratio=ratio, layers=list(layers) if layers is not None else None,
+                                  metric=metric, strategy=strategy, protect_first=protect_first,
+                                  protect_last=protect_last),
+        evaluation=EvaluationRecipe(ppl=eval_ppl, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
+                                    tasks=eval_tasks, limit=eval_options.get("limit"),
+                                    num_fewshot=eval_options.get("num_fewshot"),
+                                    data_dir=eval_options.get("data_dir"), bench=bench,
+                                    bench_options=dict(bench_options or {})),
+        runtime=RuntimeRecipe(dtype=dtype, device=device),
+    )
+    return run(recipe, model=None if isinstance(model, str) else model, tokenizer=tokenizer, scores=scores,
+               calibration=calibration, in_place=in_place, command=command, progress=progress)
+
+
+def _model_name(model) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", "") or type(model).__name__
+
+
+def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | None = None,
+        calibration: CalibrationSet | None = None, in_place: bool = True, command: str | None = None,
+        progress: bool = True) -> PruneResult:
+    """Execute a :class:`~depthprune.recipe.Recipe` stage by stage and return the pruned model.
+
+    Stages: load -> calibrate -> select -> surgery -> evaluate -> save (when ``recipe.output.path``
+    is set). ``model``/``tokenizer`` reuse an already loaded model instead of loading
+    ``recipe.model``; ``scores`` reuses a :class:`ScoreReport` instead of scoring; ``calibration``
+    a ready :class:`CalibrationSet`. Everything is validated before any model or data work.
+    """
+    recipe.validate(check_data=calibration is None and scores is None)
+    sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
+    if out.path is not None:
+        check_output_dir(out.path, out.overwrite)
+    explicit = sel.layers is not None
+    metric = sel.metric
+    if explicit:
+        if scores is not None:
+            raise DepthpruneError("give either explicit layers or scores to choose from, not both")
     else:
-        precomputed = None
-        calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
-                                      text_field=text_field, batch_size=batch_size, progress=progress)
-        calibration_settings = dict(calibration.settings)
-    chosen, first = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
-                           protect_first=protect_first, protect_last=protect_last, batch_size=batch_size, seed=seed,
-                           precomputed=precomputed, progress=progress)
-    removed = chosen.removed
+        if scores is not None and metric is None:
+            metric = scores.metric
+        metric = resolve(metric, sel.strategy)
+        if scores is not None:
+            if scores.metric != metric:
+                raise DepthpruneError(f"the given scores are '{scores.metric}' scores but metric '{metric}' was asked for")
+            if sel.strategy not in ("one-shot", "block") or (sel.strategy == "block" and metric.startswith("angular")):
+                raise DepthpruneError(f"precomputed scores can drive 'one-shot' (or 'block' with bi/relative-magnitude), "
+                                      f"not '{sel.strategy}' with '{metric}', which scores the model itself")
+    loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device)
+    total = num_layers(loaded.model.config)
+    layout(loaded.model)
+    calibration_settings: dict = {}
+    first = None
+    if explicit:
+        bad = [i for i in sel.layers if i >= total]
+        if bad:
+            raise DepthpruneError(f"layer(s) {bad} do not exist: the model has {total} layers (0-based, 0..{total - 1})")
+        if len(sel.layers) >= total:
+            raise DepthpruneError(f"cannot remove all {total} layers; keep at least one")
+        removed, order, details = sorted(sel.layers), list(sel.layers), {"given": True}
+    else:
+        n = removal_count(total, remove=sel.remove, ratio=sel.ratio)
+        if scores is not None:
+            if scores.num_layers != total:
+                raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
+            precomputed = {metric: MetricScores(metric, list(scores.scores), tokens=scores.tokens)}
+            calibration_settings = dict(scores.calibration)
+        else:
+            precomputed = None
+            calibration = calibration_set(loaded, calibration if calibration is not None else cal.data,
+                                          samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
+                                          text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
+            calibration_settings = dict(calibration.settings)
+        chosen, first = select(loaded.model, calibration if scores is None else None, n, metric=metric,
+                               strategy=sel.strategy, protect_first=sel.protect_first, protect_last=sel.protect_last,
+                               batch_size=cal.batch_size, seed=cal.seed, precomputed=precomputed, progress=progress)
+        removed, order, details = chosen.removed, chosen.order, chosen.details
 
     ppl: dict = {}
-
-    def measure(m) -> dict:
-        return perplexity(m, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
-                          progress=progress).to_json()
-
     evals: dict | None = None
 
-    def tasks_of(m, role: str) -> dict:
-        return evaluate_tasks(m, loaded.tokenizer, eval_tasks, model_name=loaded.source, role=role,
-                              command=command, **eval_options)
+    def measure(m) -> dict:
+        return perplexity(m, loaded.tokenizer, ev.ppl, seq_len=ev.ppl_seq_len, max_tokens=ev.ppl_max_tokens,
+                          progress=progress).to_json()
 
-    if eval_ppl is not None:
+    def tasks_of(m, role: str) -> dict:
+        return evaluate_tasks(m, loaded.tokenizer, ev.tasks, model_name=loaded.source, role=role,
+                              command=command, **ev.task_options(cal.batch_size))
+
+    if ev.ppl is not None:
         ppl["dense"] = measure(loaded.model)
-    if eval_tasks is not None:
+    if ev.tasks is not None:
         evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
-    if bench:
-        in_place = False  # the dense model is needed for the side-by-side measurement
-    pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
-    if eval_ppl is not None:
+    keep_dense = ev.bench or not in_place  # the dense model is needed for the side-by-side measurement
+    pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
+    if ev.ppl is not None:
         ppl["pruned"] = measure(pruned)
-    if eval_tasks is not None:
+    if ev.tasks is not None:
         evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
-        model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric, strategy=strategy,
+        model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric or "given",
+        strategy="given" if explicit else sel.strategy,
         removed_layers=removed, kept_layers=sorted(set(range(total)) - set(removed)),
         num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
-        params_after=parameter_count(pruned), scores=list(first.scores) if first else [],
-        calibration=calibration_settings, protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
-        selection={"order": chosen.order, **chosen.details}, command=command,
+        params_after=parameter_count(pruned), scores=list(first.scores) if first else list(scores.scores) if scores else [],
+        calibration=calibration_settings, protect_first=sel.protect_first, protect_last=sel.protect_last,
+        perplexity=ppl, selection={"order": order, **details}, command=command, recipe=recipe.to_json(),
     )
     comparison = None
-    if bench:
+    if ev.bench:
         from .speed import compare
 
         comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
                              names=(loaded.source, f"{loaded.source} minus layers {removed}"),
-                             progress=progress, **(bench_options or {}))
+                             progress=progress, **ev.bench_options)
         comparison.command = command
-    return PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
+    result = PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
+    if out.path is not None:
+        result.save(out.path, overwrite=out.overwrite)
+    return result
 
 
 def sweep(model, tokenizer=None, **kwargs):

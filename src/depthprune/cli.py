@@ -115,11 +115,76 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
     console.print(f"wrote {out} and {png}")
 
 
+# Each prune flag and the recipe field it fills: (section, field). --recipe FILE loads a recipe;
+# flags given explicitly on the command line override its values.
+PRUNE_FLAGS = {
+    "data": ("calibration", "data"), "samples": ("calibration", "samples"), "seq_len": ("calibration", "seq_len"),
+    "batch_size": ("calibration", "batch_size"), "seed": ("calibration", "seed"),
+    "text_field": ("calibration", "text_field"),
+    "remove": ("selection", "remove"), "ratio": ("selection", "ratio"), "layers": ("selection", "layers"),
+    "metric": ("selection", "metric"), "strategy": ("selection", "strategy"),
+    "protect_first": ("selection", "protect_first"), "protect_last": ("selection", "protect_last"),
+    "eval_ppl": ("evaluation", "ppl"), "ppl_seq_len": ("evaluation", "ppl_seq_len"),
+    "ppl_max_tokens": ("evaluation", "ppl_max_tokens"), "eval_tasks": ("evaluation", "tasks"),
+    "eval_limit": ("evaluation", "limit"), "eval_num_fewshot": ("evaluation", "num_fewshot"),
+    "eval_data_dir": ("evaluation", "data_dir"), "bench": ("evaluation", "bench"),
+    "out": ("output", "path"), "overwrite": ("output", "overwrite"),
+    "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
+}
+BENCH_FLAGS = {"bench_seq_lens": "seq_lens", "bench_decode_tokens": "decode_tokens", "bench_repeats": "repeats",
+               "bench_threads": "threads"}
+
+
+def _parse_layers(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in _csv_list(value, "layers")]
+    except ValueError:
+        raise DepthpruneError(f"--layers must be comma-separated 0-based layer numbers, got '{value}'") from None
+
+
+def recipe_from_flags(ctx: typer.Context, model: str | None, recipe_file: Path | None, flags: dict):
+    """The Recipe a `prune` command line describes: the --recipe file (if any), overridden by explicit flags."""
+    from .recipe import Recipe
+    from .speed import parse_seq_lens
+
+    recipe = Recipe.load(recipe_file) if recipe_file is not None else Recipe(model=model or "")
+    if model is not None:
+        recipe.model = model
+    # typer vendors its own click: compare the parameter source by name, not by class
+    explicit = {name for name in flags
+                if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    values = dict(flags)
+    values["layers"] = _parse_layers(values["layers"])
+    values["out"] = None if values["out"] is None else str(values["out"])
+    values["eval_data_dir"] = None if values["eval_data_dir"] is None else str(values["eval_data_dir"])
+    for name, (section, field_name) in PRUNE_FLAGS.items():
+        if recipe_file is None or name in explicit:
+            recipe.replace(section, **{field_name: values[name]})
+    if recipe_file is None or explicit & set(BENCH_FLAGS):
+        options = dict(recipe.evaluation.bench_options)
+        for name, key in BENCH_FLAGS.items():
+            if recipe_file is None or name in explicit:
+                options[key] = parse_seq_lens(values[name]) if name == "bench_seq_lens" else values[name]
+        recipe.evaluation.bench_options = options
+    if recipe_file is not None and "out" not in explicit:
+        raise DepthpruneError("give --out DIR for the replayed recipe (a recipe never writes over its original output)")
+    if recipe.selection.layers is not None and "remove" not in explicit and "ratio" not in explicit:
+        recipe.selection.remove = recipe.selection.ratio = None  # --layers replaces a replayed count
+    if recipe.selection.layers is None and recipe.selection.remove is None and recipe.selection.ratio is None:
+        raise DepthpruneError("give --remove N, --ratio R or --layers I,J,...")
+    return recipe
+
+
 @app.command()
-def prune(model: str = ModelArg,
-          out: Path = typer.Option(..., "--out", help="Output directory for the pruned checkpoint."),
+def prune(ctx: typer.Context,
+          model: Optional[str] = typer.Argument(None, help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id (optional with --recipe)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Output directory for the pruned checkpoint."),
+          recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="Replay a recipe: a recipe JSON or a previous run's depthprune.json (or its directory); flags given here override it."),
           remove: Optional[int] = typer.Option(None, "--remove", help="Number of layers to remove."),
           ratio: Optional[float] = typer.Option(None, "--ratio", help="Share of layers to remove (floor of R x layers)."),
+          layers: Optional[str] = typer.Option(None, "--layers", help="Remove exactly these 0-based layers (comma-separated); no scoring."),
           data: str = DataOpt, metric: Optional[str] = PruneMetricOpt, strategy: str = StrategyOpt,
           samples: int = SamplesOpt, seq_len: int = SeqLenOpt,
           batch_size: int = BatchOpt, seed: int = SeedOpt, text_field: str = TextFieldOpt,
@@ -139,29 +204,24 @@ def prune(model: str = ModelArg,
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
-    """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
-    from .api import prune as api_prune
-    from .export import check_output_dir
-    from .speed import parse_seq_lens
+    """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
-    from .strategies import resolve
+    The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
+    """
+    from .api import run
 
-    check_output_dir(out, overwrite)
-    if remove is None and ratio is None:
-        raise DepthpruneError("give --remove N or --ratio R")
-    resolve(metric, strategy)  # a bad metric/strategy combination fails before loading the model
-    bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
-                     "repeats": bench_repeats, "threads": bench_threads}
-    result = api_prune(model, remove=remove, ratio=ratio, data=data, metric=metric, strategy=strategy, samples=samples,
-                       seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field,
-                       protect_first=protect_first, protect_last=protect_last, eval_ppl=eval_ppl,
-                       ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
-                       in_place=True, bench=bench, bench_options=bench_options, command=command_line(),
-                       eval_tasks=eval_tasks, eval_options=_eval_options(eval_limit, eval_num_fewshot, eval_data_dir,
-                                                                         batch_size),
-                       progress=_progress())
+    if model is None and recipe_file is None:
+        raise DepthpruneError("give the MODEL to prune (or --recipe FILE to replay a recorded run)")
+    flags = {name: value for name, value in locals().items()
+             if name in PRUNE_FLAGS or name in BENCH_FLAGS}
+    recipe = recipe_from_flags(ctx, model, recipe_file, flags)
+    if recipe.output.path is None:
+        raise DepthpruneError("give --out DIR for the pruned checkpoint")
+    recipe.validate()  # every bad value fails here, before loading the model
+    result = run(recipe, in_place=True, command=command_line(), progress=_progress())
     report = result.report
-    console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
+    if report.scores:
+        console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
     console.print(f"strategy {report.strategy}, metric {report.metric}")
     if report.selection.get("order"):
         console.print(f"removal order (0-based, original numbering): {report.selection['order']}")
@@ -170,7 +230,7 @@ def prune(model: str = ModelArg,
                   f"parameters {report.params_before:,} -> {report.params_after:,} "
                   f"({report.params_after / report.params_before:.1%})")
     if report.perplexity:
-        table = Table(title=f"perplexity on {eval_ppl}")
+        table = Table(title=f"perplexity on {recipe.evaluation.ppl}")
         for col in ("model", "perplexity", "tokens"):
             table.add_column(col, justify="right")
         for name in ("dense", "pruned"):
@@ -181,8 +241,7 @@ def prune(model: str = ModelArg,
         _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
-    result.save(out, overwrite=overwrite)
-    console.print(f"saved pruned checkpoint to {out}")
+    console.print(f"saved pruned checkpoint to {recipe.output.path}")
 
 
 def _print_task_results(by_role: dict, title: str) -> None:

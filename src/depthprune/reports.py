@@ -63,6 +63,7 @@ class PruneReport:
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
     command: str | None = None  # the command line that produced it (None: made through the Python API)
+    recipe: dict | None = None  # the Recipe that produced it (depthprune prune --recipe replays it)
 
     def to_json(self) -> dict:
         return asdict(self)

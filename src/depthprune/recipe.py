@@ -1,0 +1,239 @@
+"""A pruning run described as one plain, serialisable recipe.
+
+The CLI builds a :class:`Recipe` from its flags, the API runs it (:func:`depthprune.api.run`),
+``depthprune.json`` records it under ``"recipe"``, and ``depthprune prune --recipe FILE`` replays
+it (FILE is a recipe JSON or a previous run's ``depthprune.json``). Each pipeline stage owns one
+section; a section's defaults mean "this stage is off" where the stage is optional::
+
+    model ─► calibration ─► selection ─► surgery ─► repair ─► quantization ─► evaluation ─► output
+
+Sections are dataclasses of plain values only (str, int, float, bool, lists, dicts), so
+``Recipe.from_json(r.to_json()) == r`` always holds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import DepthpruneError
+
+RECIPE_VERSION = 1
+
+
+@dataclass
+class CalibrationRecipe:
+    """Text the importance scores are measured on (see :mod:`depthprune.data`)."""
+
+    data: str = "builtin"
+    samples: int = 128
+    seq_len: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    text_field: str = "text"
+
+    def validate(self) -> None:
+        _positive(self, "samples", "seq_len", "batch_size")
+
+
+@dataclass
+class SelectionRecipe:
+    """Which layers go: a count (``remove`` or ``ratio``) chosen by ``metric``/``strategy``, or explicit ``layers``."""
+
+    remove: int | None = None
+    ratio: float | None = None
+    layers: list[int] | None = None  # explicit 0-based layers; no scoring at all
+    metric: str | None = None  # None: the strategy's default (bi, angular for block, ppl for greedy-ppl)
+    strategy: str = "one-shot"
+    protect_first: int = 0
+    protect_last: int = 0
+
+    def validate(self) -> None:
+        if self.layers is not None:
+            if self.remove is not None or self.ratio is not None:
+                raise DepthpruneError("give either explicit layers or a count (--remove/--ratio), not both")
+            if not self.layers:
+                raise DepthpruneError("the explicit layer list is empty; name at least one layer to remove")
+            if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.layers):
+                raise DepthpruneError(f"layers must be 0-based whole numbers, got {self.layers}")
+            if len(set(self.layers)) != len(self.layers):
+                raise DepthpruneError(f"the layer list names a layer twice: {self.layers}")
+            return
+        from .selection import check_removal_request
+        from .strategies import resolve
+
+        check_removal_request(self.remove, self.ratio)
+        resolve(self.metric, self.strategy)
+        for name in ("protect_first", "protect_last"):
+            if getattr(self, name) < 0:
+                raise DepthpruneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+
+
+@dataclass
+class EvaluationRecipe:
+    """What is measured on the dense and the pruned model, side by side."""
+
+    ppl: str | None = None  # text SPEC for perplexity; None: none
+    ppl_seq_len: int = 512
+    ppl_max_tokens: int = 40_000
+    tasks: str | None = None  # lm-eval task names, comma-separated; None: none
+    limit: float | None = None
+    num_fewshot: int | None = None
+    data_dir: str | None = None
+    bench: bool = False
+    bench_options: dict = field(default_factory=dict)  # see depthprune.speed.compare
+
+    def validate(self) -> None:
+        from .data import validate_spec
+
+        _positive(self, "ppl_seq_len", "ppl_max_tokens")
+        if self.ppl is not None:
+            validate_spec(self.ppl, allow_self=False)
+        if self.tasks is not None:
+            from .evaluation import check_tasks
+
+            check_tasks(self.tasks, self.data_dir)
+
+    def task_options(self, batch_size: int) -> dict:
+        limit = int(self.limit) if self.limit is not None and self.limit >= 1 else self.limit
+        return {"limit": limit, "num_fewshot": self.num_fewshot, "data_dir": self.data_dir, "batch_size": batch_size}
+
+
+@dataclass
+class OutputRecipe:
+    """Where and how the result is written."""
+
+    path: str | None = None  # None: nothing is saved (API use)
+    overwrite: bool = False
+    format: str = "hf"  # hf: a transformers checkpoint directory
+
+    def validate(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise DepthpruneError(f"unknown output format '{self.format}'; choose one of {', '.join(OUTPUT_FORMATS)}")
+
+
+OUTPUT_FORMATS = ("hf",)
+
+
+@dataclass
+class RuntimeRecipe:
+    """How the model is loaded and run."""
+
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        from .models import resolve_dtype
+
+        resolve_dtype(self.dtype)
+
+
+@dataclass
+class Recipe:
+    """One pruning run, stage by stage. ``Recipe.load(path)`` / ``to_json()`` round-trip exactly."""
+
+    model: str
+    calibration: CalibrationRecipe = field(default_factory=CalibrationRecipe)
+    selection: SelectionRecipe = field(default_factory=SelectionRecipe)
+    evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
+    output: OutputRecipe = field(default_factory=OutputRecipe)
+    runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    version: int = RECIPE_VERSION
+
+    def validate(self, *, check_data: bool = True) -> "Recipe":
+        """Check every section (one-sentence :class:`DepthpruneError`) before any model or data work.
+
+        ``check_data=False`` skips the calibration SPEC (the caller brings its own calibration or scores).
+        """
+        if not isinstance(self.model, str) or not self.model:
+            raise DepthpruneError("the recipe names no model")
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        if check_data and self.selection.layers is None:
+            from .data import validate_spec
+
+            validate_spec(self.calibration.data)
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Recipe":
+        """Build a recipe from plain data; unknown sections or fields are refused (a typo must not be ignored)."""
+        if not isinstance(data, dict):
+            raise DepthpruneError(f"a recipe must be a JSON object, got {type(data).__name__}")
+        if "recipe" in data and isinstance(data["recipe"], dict):  # a previous run's depthprune.json
+            data = data["recipe"]
+        version = data.get("version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise DepthpruneError(f"recipe version {version} is not supported by this depthprune "
+                                  f"(it reads version {RECIPE_VERSION})")
+        return _build(cls, data, "recipe")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        """Read a recipe JSON file, or the recipe recorded in a previous run's ``depthprune.json`` (file or directory)."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / "depthprune.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DepthpruneError(f"recipe file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DepthpruneError(f"cannot read recipe file {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DepthpruneError(f"recipe file {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        if isinstance(data, dict) and "removed_layers" in data and "recipe" not in data:
+            raise DepthpruneError(f"{path} was written by a depthprune version that recorded no recipe; "
+                                  "give the flags instead")
+        return cls.from_json(data)
+
+    def replace(self, section: str, **values) -> "Recipe":
+        """Set fields of one section in place (``recipe.replace("selection", remove=4)``) and return the recipe."""
+        target = getattr(self, section)
+        for name, value in values.items():
+            if name not in {f.name for f in fields(target)}:
+                raise DepthpruneError(f"recipe section '{section}' has no field '{name}'")
+            setattr(target, name, value)
+        return self
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise DepthpruneError(f"unknown field(s) {', '.join(unknown)} in {where}; known: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise DepthpruneError(f"{where} lacks the required field '{name}'")
+            continue
+        value = data[name]
+        section = SECTIONS.get(name) if cls is Recipe else None
+        if section is not None:
+            if not isinstance(value, dict):
+                raise DepthpruneError(f"{where}.{name} must be an object, got {type(value).__name__}")
+            value = _build(section, value, f"{where}.{name}")
+        values[name] = value
+    return cls(**values)
+
+
+def _positive(section, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            flag = name.replace("_", "-")
+            raise DepthpruneError(f"{flag} must be a whole number of at least 1, got {value!r}")
+
+
+SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
+            "output": OutputRecipe, "runtime": RuntimeRecipe}
