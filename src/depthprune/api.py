@@ -264,6 +264,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     params_before = parameter_count(loaded.model)
     keep_dense = ev.bench or not in_place  # the dense model is needed for the side-by-side measurement
     pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
+    if recipe.quantization.method is not None:  # quantize stage (formats.quantize): evaluated and saved quantized
+        from .formats.quantize import quantize_model
+
+        pruned = quantize_model(pruned, recipe.quantization.method, group_size=recipe.quantization.group_size)
     if ev.ppl is not None:
         ppl["pruned"] = measure(pruned)
     if ev.tasks is not None:
@@ -286,7 +290,11 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
                              progress=progress, **ev.bench_options)
         comparison.command = command
     result = PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
-    if out.path is not None:
+    if out.path is not None and out.format == "gguf":  # formats.gguf_export
+        from .formats.gguf_export import save_pruned_gguf
+
+        save_pruned_gguf(result, out.path, gguf_type=out.gguf_type, overwrite=out.overwrite)
+    elif out.path is not None:
         result.save(out.path, overwrite=out.overwrite)
     return result
 

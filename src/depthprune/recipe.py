@@ -107,14 +107,33 @@ class OutputRecipe:
 
     path: str | None = None  # None: nothing is saved (API use)
     overwrite: bool = False
-    format: str = "hf"  # hf: a transformers checkpoint directory
+    format: str = "hf"  # hf: a transformers checkpoint directory; gguf: a GGUF file (DIR/model.gguf or FILE.gguf)
+    gguf_type: str = "f16"  # with format gguf: f32, f16, bf16 or q8_0 (depthprune.formats.gguf_export)
 
     def validate(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise DepthpruneError(f"unknown output format '{self.format}'; choose one of {', '.join(OUTPUT_FORMATS)}")
+        if self.format == "gguf":
+            from .formats.gguf_export import check_gguf_type
+
+            check_gguf_type(self.gguf_type)
 
 
-OUTPUT_FORMATS = ("hf",)
+OUTPUT_FORMATS = ("hf", "gguf")
+
+
+@dataclass
+class QuantizationRecipe:
+    """Weight-only quantization of the pruned model (torchao; see :mod:`depthprune.formats.quantize`)."""
+
+    method: str | None = None  # None: off; int8 or int4
+    group_size: int = 32  # int4 only: inputs per scale
+
+    def validate(self) -> None:
+        if self.method is not None:
+            from .formats.quantize import check_method
+
+            check_method(self.method, self.group_size)
 
 
 @dataclass
@@ -140,6 +159,7 @@ class Recipe:
     evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
     output: OutputRecipe = field(default_factory=OutputRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
     version: int = RECIPE_VERSION
 
     def validate(self, *, check_data: bool = True) -> "Recipe":
@@ -153,6 +173,9 @@ class Recipe:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.quantization.method is not None and self.output.format == "gguf":
+            raise DepthpruneError("--quantize makes torchao checkpoints (--format hf); for a quantized GGUF "
+                                  "use --gguf-type q8_0 instead")
         if check_data and self.selection.layers is None:
             from .data import validate_spec
 
@@ -236,4 +259,4 @@ def _positive(section, *names: str) -> None:
 
 
 SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
-            "output": OutputRecipe, "runtime": RuntimeRecipe}
+            "output": OutputRecipe, "runtime": RuntimeRecipe, "quantization": QuantizationRecipe}

@@ -147,8 +147,8 @@ def _write_hparams(writer, config, arch: str) -> None:
     if theta is not None:
         writer.add_rope_freq_base(theta)
     head_dim = _head_dim(config)
+    writer.add_vocab_size(int(config.vocab_size))
     if arch == "llama":
-        writer.add_vocab_size(int(config.vocab_size))
         writer.add_rope_dimension_count(head_dim)
     else:
         writer.add_key_length(head_dim)
