@@ -199,7 +199,11 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     """
     recipe.validate(check_data=calibration is None and scores is None)
     sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
-    if out.path is not None:
+    if out.path is not None and out.format == "gguf" and str(out.path).endswith(".gguf"):  # formats.gguf_export
+        from .formats.gguf_export import check_gguf_file
+
+        check_gguf_file(out.path, out.overwrite)
+    elif out.path is not None:
         check_output_dir(out.path, out.overwrite)
     explicit = sel.layers is not None
     metric = sel.metric

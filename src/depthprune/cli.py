@@ -130,6 +130,9 @@ PRUNE_FLAGS = {
     "eval_data_dir": ("evaluation", "data_dir"), "bench": ("evaluation", "bench"),
     "out": ("output", "path"), "overwrite": ("output", "overwrite"),
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
+    # formats (issue 9): output format, GGUF precision, weight-only quantization
+    "out_format": ("output", "format"), "gguf_type": ("output", "gguf_type"),
+    "quantize": ("quantization", "method"), "quant_group_size": ("quantization", "group_size"),
 }
 BENCH_FLAGS = {"bench_seq_lens": "seq_lens", "bench_decode_tokens": "decode_tokens", "bench_repeats": "repeats",
                "bench_threads": "threads"}
@@ -203,7 +206,12 @@ def prune(ctx: typer.Context,
           eval_limit: Optional[float] = typer.Option(None, "--eval-limit", help="lm-eval documents per task (int) or share (<1)."),
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+          # formats (issue 9)
+          out_format: str = typer.Option("hf", "--format", help="hf: transformers checkpoint; gguf: GGUF file (--out DIR gives DIR/model.gguf, --out FILE.gguf the file)."),
+          gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF precision with --format gguf: f32, f16, bf16, q8_0."),
+          quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only quantization of the pruned model (torchao): int8 or int4."),
+          quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -241,7 +249,9 @@ def prune(ctx: typer.Context,
         _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
-    console.print(f"saved pruned checkpoint to {recipe.output.path}")
+    saved = "GGUF" if recipe.output.format == "gguf" else "checkpoint"
+    quant = f" ({recipe.quantization.method} weights)" if recipe.quantization.method else ""
+    console.print(f"saved pruned {saved}{quant} to {recipe.output.path}")
 
 
 def _print_task_results(by_role: dict, title: str) -> None:

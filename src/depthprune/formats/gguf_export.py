@@ -332,17 +332,41 @@ def _write_tokenizer(writer, tokenizer, n_vocab: int) -> tuple[str, str | None]:
 # ---------------------------------------------------------------- the file
 
 
+def check_gguf_file(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output file unless ``overwrite`` (and a directory always); fail before heavy work."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise DepthpruneError(f"output path {out} is a directory; give a .gguf file name")
+    if out.exists() and not overwrite:
+        raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
+    return out
+
+
+def save_pruned_gguf(result, out: str | Path, *, gguf_type: str = "f16", overwrite: bool = False) -> Path:
+    """Save a :class:`~depthprune.api.PruneResult` as GGUF: ``FILE.gguf`` alone, or a directory with
+    ``model.gguf``, ``depthprune.json`` (the report and recipe) and ``gguf.json`` (what was written)."""
+    from ..export import atomic_directory
+
+    check_exportable(result.model, gguf_type)
+    name = f"{result.report.model} minus layers {result.report.removed_layers}"
+    if str(out).endswith(".gguf"):
+        export_gguf(result.model, result.tokenizer, out, gguf_type=gguf_type, overwrite=overwrite, name=name)
+        return Path(out).expanduser()
+    with atomic_directory(out, overwrite) as tmp:
+        written = export_gguf(result.model, result.tokenizer, tmp / "model.gguf", gguf_type=gguf_type, name=name)
+        written.path = "model.gguf"
+        (tmp / "depthprune.json").write_text(json.dumps(result.report.to_json(), indent=2) + "\n", encoding="utf-8")
+        (tmp / "gguf.json").write_text(json.dumps(written.to_json(), indent=2) + "\n", encoding="utf-8")
+    return Path(out).expanduser()
+
+
 def export_gguf(model, tokenizer, out: str | Path, *, gguf_type: str = "f16", overwrite: bool = False,
                 name: str | None = None) -> GGUFExport:
     """Write ``model`` (a transformers causal LM, float weights) and its tokenizer as one GGUF file at ``out``."""
     import gguf
 
     arch = check_exportable(model, gguf_type)
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
-    if out.exists() and out.is_dir():
-        raise DepthpruneError(f"output path {out} is a directory; give a .gguf file name")
+    out = check_gguf_file(out, overwrite)
     if getattr(model.config, "quantization_config", None) is not None:
         raise DepthpruneError("GGUF export needs a float model, not a torchao/bitsandbytes-quantized one; "
                               "use --gguf-type q8_0 instead of --quantize")
