@@ -74,8 +74,9 @@ def speed(baseline, candidate, tokenizer, args, name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", choices=sorted(DEMO_MODELS))
+    ap.add_argument("model", nargs="?", choices=sorted(DEMO_MODELS))
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--render", action="store_true", help="print the markdown tables of an existing --json and exit")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--samples", type=int, default=8)
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.json.read_text())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -155,6 +159,37 @@ def finish(out: dict, variants: dict) -> None:
             out.setdefault("additivity", {})[f"{vname}+{method}"] = {
                 "delta_pruned": d_p, "delta_quant": d_q, "sum": d_p + d_q, "delta_both": d_pq,
                 "excess": d_pq - (d_p + d_q), "ppl_ratio_both_vs_product": math.exp(d_pq - (d_p + d_q))}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f}"
+
+
+def render(out: dict) -> str:
+    """Markdown: one row per (variant, precision) cell, then the additivity of log-perplexity increases."""
+    if "dense/float" in out["rows"]:
+        for row in out["rows"].values():
+            row.setdefault("delta_nll", row["nll"] - out["rows"]["dense/float"]["nll"])
+    lines = [f"Model `{out['model']}`; removed layers (0-based): "
+             + "; ".join(f"{k}: {v}" for k, v in out["removed"].items()), "",
+             "| variant | weights | checkpoint MB (bf16 base) | WikiText-2 ppl | Δ log-ppl | prefill speed-up | decode speed-up |"
+             " tasks (acc ± stderr, n) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for key, row in out["rows"].items():
+        sp = row.get("speed", {})
+        pre = next((v["speedup"] for v in sp.values() if v["kind"] == "prefill"), None)
+        dec = next((v["speedup"] for v in sp.values() if v["kind"] == "decode"), None)
+        tasks = "; ".join(f"{t} {m.get('acc', float('nan')):.2f} ± {m.get('acc_stderr') or float('nan'):.2f} (n={m.get('n')})"
+                          for t, m in row.get("tasks", {}).items()) or "not measured"
+        fmt = lambda x: "1 (baseline)" if key == "dense/float" else (f"x{x:.2f}" if x else "-")
+        lines.append(f"| {row['variant']} | {row['precision']} | {_mb(row['checkpoint_bytes_bf16_base'])} | "
+                     f"{row['ppl']:.2f} | {row.get('delta_nll', float('nan')):+.4f} | {fmt(pre)} | {fmt(dec)} | {tasks} |")
+    if out.get("additivity"):
+        lines += ["", "| combination | Δ pruned | Δ quant | sum | Δ both | both − sum |", "|---|---:|---:|---:|---:|---:|"]
+        for k, a in out["additivity"].items():
+            lines.append(f"| {k} | {a['delta_pruned']:+.4f} | {a['delta_quant']:+.4f} | {a['sum']:+.4f} | "
+                         f"{a['delta_both']:+.4f} | {a['excess']:+.4f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
