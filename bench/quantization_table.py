@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layers", help="remove these 0-based layers (comma-separated) instead of scoring: "
+                                     "one 'pruned-given' variant")
+    ap.add_argument("--cells", help="only these cells, e.g. pruned-given/float,pruned-given/int8 (default: all)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     args = ap.parse_args(argv)
     if args.render:
         print(render(json.loads(args.json.read_text())))
@@ -102,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"dense": loaded.model}
     removed = {}
     protects = [0, 1] if args.model.startswith("gemma") else [0]
+    if args.layers:
+        from depthprune.surgery import pruned_copy
+
+        removed["pruned-given"] = sorted(int(x) for x in args.layers.split(","))
+        variants = {"pruned-given": pruned_copy(loaded.model, removed["pruned-given"])}
+        if not args.no_speed:
+            variants["dense"] = loaded.model
+        protects = []
     for protect in protects:
         result = prune(loaded.model, tok, ratio=args.ratio, data=str(args.data / "gutenberg"), metric="bi",
                        strategy="one-shot", samples=args.samples, seq_len=args.seq_len, batch_size=4,
@@ -113,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out: dict = {"model": args.model, "settings": {k: str(v) for k, v in vars(args).items()}, "removed": removed,
                  "torch": torch.__version__, "rows": {}}
-    baseline = variants["dense"]
+    baseline = variants.get("dense")
+    wanted = set(args.cells.split(",")) if args.cells else None
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -128,15 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         size = sizes(model)
         for method in ("float", "int8", "int4"):
             key = f"{vname}/{method}"
+            if wanted is not None and key not in wanted:
+                continue
             m = model_of(key)
             row = {"variant": vname, "precision": "float32" if method == "float" else method,
                    "checkpoint_bytes_bf16_base": size[method]}
             row.update(measure_ppl(m, tok, args, key))
-            if key != "dense/float":
+            if key != "dense/float" and not args.no_speed:
                 row["speed"] = speed(baseline, m, tok, args, key)
             out["rows"][key] = row
             save()
-    finish(out, variants)
+    if "dense/float" in out["rows"] and wanted is None:
+        finish(out, variants)
     save()
     if args.tasks:
         for key in list(out["rows"]):
