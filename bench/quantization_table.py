@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", nargs="?", choices=sorted(DEMO_MODELS))
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--render", action="store_true", help="print the markdown tables of an existing --json and exit")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[], help="with --render: more result files to add")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--samples", type=int, default=8)
@@ -95,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     args = ap.parse_args(argv)
     if args.render:
-        print(render(json.loads(args.json.read_text())))
+        out = json.loads(args.json.read_text())
+        for extra in args.merge:
+            more = json.loads(extra.read_text())
+            out["rows"].update(more["rows"])
+            out["removed"].update(more["removed"])
+        print(render(out))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
@@ -200,6 +206,17 @@ def render(out: dict) -> str:
         fmt = lambda x: "1 (baseline)" if key == "dense/float" else (f"x{x:.2f}" if x else "-")
         lines.append(f"| {row['variant']} | {row['precision']} | {_mb(row['checkpoint_bytes_bf16_base'])} | "
                      f"{row['ppl']:.2f} | {row.get('delta_nll', float('nan')):+.4f} | {fmt(pre)} | {fmt(dec)} | {tasks} |")
+    if "dense/float" in out["rows"]:
+        rows = out["rows"]
+        variants = sorted({k.split("/")[0] for k in rows} - {"dense"})
+        out["additivity"] = {}
+        for vname in variants:
+            for method in ("int8", "int4"):
+                keys = (f"{vname}/float", f"dense/{method}", f"{vname}/{method}")
+                if all(k in rows for k in keys):
+                    d_p, d_q, d_pq = (rows[k]["delta_nll"] for k in keys)
+                    out["additivity"][f"{vname}+{method}"] = {"delta_pruned": d_p, "delta_quant": d_q, "sum": d_p + d_q,
+                                                              "delta_both": d_pq, "excess": d_pq - (d_p + d_q)}
     if out.get("additivity"):
         lines += ["", "| combination | Δ pruned | Δ quant | sum | Δ both | both − sum |", "|---|---:|---:|---:|---:|---:|"]
         for k, a in out["additivity"].items():
