@@ -296,11 +296,12 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     if out.path is not None and out.format == "gguf":
         from .formats.gguf_prune import check_gguf_removal, source_gguf
 
-        gguf_source = source_gguf(loaded)
-        if gguf_source is None:
-            raise DepthpruneError(f"GGUF output keeps the original quantized tensors, so it needs a GGUF source "
-                                  f"(a .gguf file or a demo alias), not '{loaded.source}'; use --format hf")
-        check_gguf_removal(gguf_source, removed)
+        # a GGUF source whose kept weights stay as they are: cut the original file (quantized bytes kept);
+        # otherwise (a transformers source, LaCo merges, repair) the pruned model is exported by formats.gguf_export
+        weights_changed = bool(recipe.repair.methods) or (not explicit and sel.strategy == "laco")
+        gguf_source = None if weights_changed else source_gguf(loaded)
+        if gguf_source is not None:
+            check_gguf_removal(gguf_source, removed)
 
     ppl: dict = {}
     evals: dict | None = None
@@ -340,6 +341,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
                                           text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
         pruned, repair_report = run_repair(recipe.repair, loaded.model, pruned, removed, calibration=calibration,
                                            tokenizer=loaded.tokenizer, batch_size=cal.batch_size, progress=progress)
+    if recipe.quantization.method is not None:  # quantize stage (formats.quantize): evaluated and saved quantized
+        from .formats.quantize import quantize_model
+
+        pruned = quantize_model(pruned, recipe.quantization.method, group_size=recipe.quantization.group_size)
     if ev.ppl is not None:
         ppl["pruned"] = measure(pruned)
     if ev.tasks is not None:
@@ -368,6 +373,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
 
         save_gguf(gguf_source, report, out.path, overwrite=out.overwrite,
                   bench=comparison.to_json() if comparison is not None else None, evals=evals)
+    elif out.path is not None and out.format == "gguf":  # any other source, or changed weights: export (formats.gguf_export)
+        from .formats.gguf_export import save_pruned_gguf
+
+        save_pruned_gguf(result, out.path, gguf_type=out.gguf_type, overwrite=out.overwrite)
     elif out.path is not None:
         result.save(out.path, overwrite=out.overwrite)
     return result

@@ -147,6 +147,9 @@ PRUNE_FLAGS = {
     "laco": ("selection", "laco"),  # issue 11
     "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
     "scores_file": ("selection", "scores"),
+    # formats (issue 9): GGUF precision for exported models, weight-only quantization (--format: see prune)
+    "gguf_type": ("output", "gguf_type"),
+    "quantize": ("quantization", "method"), "quant_group_size": ("quantization", "group_size"),
 }
 # --- repair flags (issue 10) ---
 PRUNE_FLAGS.update({
@@ -251,7 +254,10 @@ def prune(ctx: typer.Context,
           repair_data: Optional[str] = RepairDataOpt, repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt,
           repair_lr: float = RepairLrOpt, repair_rank: int = RepairRankOpt,
           repair_seq_len: int = RepairSeqLenOpt,
-          output_format: Optional[str] = typer.Option(None, "--format", help="hf (transformers checkpoint, default) or gguf (from a GGUF source: the original quantized tensors of the kept blocks, byte for byte; default when --out ends in .gguf).")) -> None:
+          output_format: Optional[str] = typer.Option(None, "--format", help="hf (transformers checkpoint, default) or gguf (from a GGUF source: the original quantized tensors of the kept blocks, byte for byte; default when --out ends in .gguf; from any other source: exported, see --gguf-type)."),
+          gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF precision when a non-GGUF model is exported with --format gguf: f32, f16, bf16, q8_0."),
+          quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only quantization of the pruned model (torchao): int8 or int4."),
+          quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -299,7 +305,8 @@ def prune(ctx: typer.Context,
 
         console.print(f"saved pruned GGUF to {gguf_output_paths(recipe.output.path)[0]}")
     else:
-        console.print(f"saved pruned checkpoint to {recipe.output.path}")
+        quant = f" ({recipe.quantization.method} weights)" if recipe.quantization.method else ""
+        console.print(f"saved pruned checkpoint{quant} to {recipe.output.path}")
 
 
 def _print_task_results(by_role: dict, title: str) -> None:

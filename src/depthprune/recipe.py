@@ -113,7 +113,8 @@ class OutputRecipe:
 
     path: str | None = None  # None: nothing is saved (API use)
     overwrite: bool = False
-    format: str = "hf"  # hf: a transformers checkpoint directory; gguf: see below
+    format: str = "hf"  # hf: a transformers checkpoint directory; gguf: a GGUF file (DIR/model.gguf or FILE.gguf)
+    gguf_type: str = "f16"  # with format gguf: f32, f16, bf16 or q8_0 (depthprune.formats.gguf_export)
 
     def validate(self) -> None:
         if self.format not in OUTPUT_FORMATS:
@@ -122,9 +123,27 @@ class OutputRecipe:
         if self.format != "gguf" and self.path is not None and self.path.lower().endswith(".gguf"):
             raise DepthpruneError(f"output path {self.path} ends in .gguf but the output format is '{self.format}'; "
                                   "use format gguf (--format gguf) or a directory path")
+        if self.format == "gguf":
+            from .formats.gguf_export import check_gguf_type
+
+            check_gguf_type(self.gguf_type)
 
 
 OUTPUT_FORMATS = ("hf", "gguf")
+
+
+@dataclass
+class QuantizationRecipe:
+    """Weight-only quantization of the pruned model (torchao; see :mod:`depthprune.formats.quantize`)."""
+
+    method: str | None = None  # None: off; int8 or int4
+    group_size: int = 32  # int4 only: inputs per scale
+
+    def validate(self) -> None:
+        if self.method is not None:
+            from .formats.quantize import check_method
+
+            check_method(self.method, self.group_size)
 
 
 @dataclass
@@ -211,6 +230,7 @@ class Recipe:
     output: OutputRecipe = field(default_factory=OutputRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
     repair: RepairRecipe = field(default_factory=RepairRecipe)
+    quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
     version: int = RECIPE_VERSION
 
     def validate(self, *, check_data: bool = True) -> "Recipe":
@@ -227,6 +247,9 @@ class Recipe:
         if self.selection.strategy == "laco" and "linear" in self.repair.methods:
             raise DepthpruneError("linear repair fits its map on the unmerged model's activations, which LaCo's merged "
                                   "layers no longer produce; use --repair lora with --strategy laco")
+        if self.quantization.method is not None and self.output.format == "gguf":
+            raise DepthpruneError("--quantize makes torchao checkpoints (--format hf); for a quantized GGUF "
+                                  "use --gguf-type q8_0 instead")
         if check_data and self.selection.layers is None:
             from .data import validate_spec
 
@@ -310,5 +333,5 @@ def _positive(section, *names: str) -> None:
 
 
 SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
-            "output": OutputRecipe, "runtime": RuntimeRecipe}
+            "output": OutputRecipe, "runtime": RuntimeRecipe, "quantization": QuantizationRecipe}
 SECTIONS["repair"] = RepairRecipe
