@@ -26,6 +26,8 @@ from .data import CalibrationSet, build_calibration, validate_spec
 from .errors import DepthpruneError
 from .evaluation import PerplexityResult, check_tasks, evaluate_tasks, perplexity
 from .export import save_pruned
+from .guards.model_files import check_causal_decoder
+from .guards.settings import check_batch_size, check_seed, check_seq_len
 from .models import LoadedModel, load_model
 from .reports import PruneReport, ScoreReport
 from .metrics import check_metric
@@ -39,13 +41,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def as_loaded(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Normalise the ways a caller can name a model into a :class:`LoadedModel`."""
+def as_loaded(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu",
+              trust_remote_code: bool = False) -> LoadedModel:
+    """Normalise the ways a caller can name a model into a :class:`LoadedModel`.
+
+    ``trust_remote_code`` (default False) is passed to every transformers load; a model that
+    needs its own code is refused without it.
+    """
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, (str, Path)):
-        return load_model(str(model), dtype=dtype, device=device)
+        return load_model(str(model), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if isinstance(model, nn.Module):
+        check_causal_decoder(model.config, f"model {type(model).__name__}")
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         return LoadedModel(model, tokenizer, name, {"kind": "in-memory",
                                                      "model_type": getattr(model.config, "model_type", None)})
@@ -67,7 +75,7 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
           block_sizes: Sequence[int] = (1,), strategy: str | None = None, remove: int | None = None,
           protect_first: int = 0, protect_last: int = 0, dtype: str = "float32", device: str = "cpu",
-          progress: bool = True) -> ScoreReport:
+          progress: bool = True, trust_remote_code: bool = False) -> ScoreReport:
     """Importance score of every decoder layer (0-based, original numbering; higher = more important).
 
     ``metric``: bi, angular, angular-all, relative-magnitude, reverse-order, random, ppl or taylor.
@@ -80,10 +88,13 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
         raise DepthpruneError("give both --strategy and --remove to preview a selection, or neither")
     if strategy is not None:
         resolve(metric, strategy)
+    check_batch_size(batch_size)
+    check_seed(seed)
     if isinstance(data, str):
         validate_spec(data)
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     layout(loaded.model)  # unsupported architecture: fail before any data work
+    check_seq_len(loaded.model, seq_len)
     calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
                                   text_field=text_field, batch_size=batch_size, progress=progress)
     result = compute_scores(loaded.model, calibration, [metric], batch_size=batch_size, seed=seed,
@@ -122,10 +133,13 @@ class PruneResult:
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
                         max_tokens: int = 40_000, batch_size: int = 1, text_field: str = "text",
-                        dtype: str = "float32", device: str = "cpu", progress: bool = True) -> PerplexityResult:
+                        dtype: str = "float32", device: str = "cpu", progress: bool = True,
+                        trust_remote_code: bool = False) -> PerplexityResult:
     """Perplexity of a model on a text SPEC (non-overlapping ``seq_len`` windows, ``max_tokens`` budget)."""
+    check_batch_size(batch_size)
     validate_spec(spec, allow_self=False)
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    check_seq_len(loaded.model, seq_len)
     return perplexity(loaded.model, loaded.tokenizer, spec, seq_len=seq_len, max_tokens=max_tokens,
                       batch_size=batch_size, text_field=text_field, progress=progress)
 
@@ -138,7 +152,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
-          progress: bool = True) -> PruneResult:
+          progress: bool = True, trust_remote_code: bool = False) -> PruneResult:
     """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
     Strategies: ``one-shot`` (default metric bi), ``iterative`` (bi), ``block`` (angular) and
@@ -154,6 +168,8 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
     """
     check_removal_request(remove, ratio)
+    check_batch_size(batch_size)
+    check_seed(seed)
     if scores is not None and metric is None:
         metric = scores.metric
     metric = resolve(metric, strategy)
@@ -170,10 +186,15 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     eval_options = dict(eval_options or {})
     if eval_tasks is not None:
         check_tasks(eval_tasks, eval_options.get("data_dir"))
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+        eval_options.setdefault("trust_remote_code", trust_remote_code)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     total = num_layers(loaded.model.config)
     n = removal_count(total, remove=remove, ratio=ratio)
     layout(loaded.model)
+    if scores is None:
+        check_seq_len(loaded.model, seq_len)
+    if eval_ppl is not None:
+        check_seq_len(loaded.model, ppl_seq_len, "--ppl-seq-len")
     if scores is not None:
         if scores.num_layers != total:
             raise DepthpruneError(f"the given scores cover {scores.num_layers} layers but the model has {total}")
