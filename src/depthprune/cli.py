@@ -19,9 +19,10 @@ from .errors import DepthpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make LLMs shallower: score decoder layers, remove the least important, evaluate.")
-# markup=False, emoji=False: no user-supplied string (paths, specs, model names) is ever read as rich markup.
-console = Console(stderr=False, markup=False, emoji=False)
-err_console = Console(stderr=True, markup=False, emoji=False)
+# markup=False, emoji=False (issue 7): no user-supplied string (paths, specs, model names) is ever read as rich markup.
+# soft_wrap=True: long lines (paths) are never broken by inserted newlines.
+console = Console(stderr=False, markup=False, emoji=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
 STATE: dict = {"debug": False, "argv": None}
 
 
@@ -455,7 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _prepare_run()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # issue 7: typer turns Ctrl-C (and our SIGTERM exception) into a returned 130
+            _interrupted(None, debug)
     # ---- issue 7: user errors, interrupts, errors escaping from files (keep this block together) ----
     except DepthpruneError as exc:
         _refuse(str(exc), debug)
@@ -484,9 +487,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _prepare_run() -> None:
     from .guards.outputs import _FIRST_SEEN
-    from .guards.signals import install_sigterm_handler
+    from .guards.signals import RECEIVED, install_sigterm_handler
 
     _FIRST_SEEN.clear()
+    RECEIVED.clear()
     install_sigterm_handler()
 
 
@@ -497,12 +501,14 @@ def _refuse(sentence: str, debug: bool) -> None:
     sys.exit(2)
 
 
-def _interrupted(exc: BaseException, debug: bool) -> None:
-    from .guards.signals import Terminated
+def _interrupted(exc: BaseException | None, debug: bool) -> None:
+    import signal
 
-    if debug:
+    from .guards.signals import RECEIVED, Terminated
+
+    if debug and exc is not None:
         traceback.print_exc()
-    terminated = isinstance(exc, Terminated)
+    terminated = isinstance(exc, Terminated) or signal.SIGTERM in RECEIVED
     err_console.print(f"{'terminated' if terminated else 'interrupted'}; no partial output was left behind",
                       highlight=False, soft_wrap=True)
     sys.exit(143 if terminated else 130)

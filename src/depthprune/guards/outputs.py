@@ -33,19 +33,20 @@ log = logging.getLogger(__name__)
 
 RUN_STARTED = time.time()
 OUTPUT_MARKERS = ("depthprune.json", "sweep.json")
-_FIRST_SEEN: dict[str, tuple[int, int] | None] = {}
+_FIRST_SEEN: dict[str, tuple[int, int, int] | None] = {}
 
 
 def resolved(path: Path | str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def identity(path: Path) -> tuple[int, int] | None:
+def identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is (device, inode, ctime: an inode number may be reused after a delete)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def remember(path: Path) -> None:
@@ -53,7 +54,7 @@ def remember(path: Path) -> None:
     _FIRST_SEEN.setdefault(str(resolved(path)), identity(path))
 
 
-def first_seen(path: Path) -> tuple[int, int] | None:
+def first_seen(path: Path) -> tuple[int, int, int] | None:
     return _FIRST_SEEN.get(str(resolved(path)), identity(path))
 
 

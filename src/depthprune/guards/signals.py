@@ -10,7 +10,11 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM."""
 
 
+RECEIVED: list[int] = []  # signals seen (typer turns the exception into a bare exit code 130)
+
+
 def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    RECEIVED.append(signum)
     raise Terminated()
 
 
