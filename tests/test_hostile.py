@@ -23,7 +23,9 @@ import transformers as tf
 
 from tiny import tiny_checkpoint, tiny_tokenizer
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import depthprune
+
+SRC = Path(depthprune.__file__).resolve().parents[1]  # subprocesses run the same depthprune as this process
 TEXT = " ".join(f"Sentence number {i} talks about layers and pruning." for i in range(300))
 CALIB = ["--samples", "4", "--seq-len", "32", "--batch-size", "2"]
 

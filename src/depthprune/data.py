@@ -355,6 +355,8 @@ def iter_texts(spec: str, *, text_field: str = "text") -> Iterator[str]:
         return (text for file in files for text in _file_texts(file, text_field))
     if path.is_file():
         return _file_texts(path, text_field)
+    if path.exists():
+        raise DepthpruneError(f"data path {spec} is neither a regular file nor a directory (a device or pipe?)")
     if any(sep in spec for sep in ("/", "\\")) or "." in Path(spec).name:
         raise DepthpruneError(f"data path {spec} does not exist")
     raise DepthpruneError(

@@ -86,6 +86,13 @@ def check_tasks(tasks: str | list[str], data_dir: str | None = None) -> list[str
     return names
 
 
+def _raised_in_lm_eval(exc: BaseException) -> bool:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "lm_eval" in frames[-1].filename
+
+
 def _lm_eval_mentions(name: str) -> bool:
     """Whether any of lm-eval's task YAML files names ``name`` (a cheap text scan; building lm-eval's
     TaskManager index parses ~10,000 YAML files and takes far longer). Without lm-eval: True."""
@@ -149,4 +156,13 @@ def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, data_dir: str | 
         raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
     except ValueError as exc:
         raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
+    except AssertionError as exc:  # lm-eval asserts when a request does not fit the model's context
+        if not _raised_in_lm_eval(exc):
+            raise
+        from .guards.settings import position_limit
+
+        limit = position_limit(getattr(model, "config", None))
+        raise DepthpruneError(f"tasks {', '.join(names)} have requests longer than the model's context"
+                              f"{f' of {limit} positions' if limit else ''}; use a model with a longer context "
+                              "or other tasks") from exc
     return {"role": role, "model": model_name, "command": command, **result}
