@@ -185,6 +185,10 @@ def test_pickles_load_weights_only_and_broken_weights_are_one_sentence(work, cap
     (listcfg / "config.json").write_text("[1, 2, 3]")
     refused(cli(capsys, "score", listcfg, "--out", root / "l.json"), "config.json", "JSON object")
 
+    badtok = clone(model, root / "bad-tokenizer")
+    (badtok / "tokenizer.json").write_text('{"truncated": ')
+    refused(cli(capsys, "score", badtok, "--out", root / "bt.json"), "tokenizer.json")
+
     badjson = clone(model, root / "bad-config")
     (badjson / "config.json").write_bytes(b"\xff\xfe{not json")
     refused(cli(capsys, "score", badjson, "--out", root / "b.json"), "config.json")
@@ -471,7 +475,7 @@ def test_hub_without_network_is_one_sentence(work, tmp_path):
     env = {k: v for k, v in subprocess_env().items() if not k.endswith("_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"))
     result = run_cli("score", model, "--data", "hf:someone/some-dataset", *CALIB, "--out", tmp_path / "s.json",
-                     env=env, timeout=120)
+                     env=env, timeout=300)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip() and "torchao" not in line
              and not line.startswith(("W1", "Failed"))]

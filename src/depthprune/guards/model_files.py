@@ -109,6 +109,8 @@ def check_safetensors(path: Path) -> None:
 def diagnose_load_failure(directory: Path, exc: BaseException) -> DepthpruneError:
     """After transformers failed on a local directory: find the file to blame and say what is wrong."""
     check_model_dir(directory, trust_remote_code=True)  # raises naming the config/safetensors file at fault
+    for path in sorted(directory.glob("*.json")):  # tokenizer.json, generation_config.json, ...
+        read_json_object(path)
     for path in sorted(directory.glob("*.bin")):
         try:
             import torch
