@@ -129,8 +129,8 @@ def diagnose_load_failure(directory: Path, exc: BaseException) -> DepthpruneErro
 def check_causal_decoder(config, where: str) -> None:
     """Refuse encoders (BERT, RoBERTa, ...) and encoder-decoders: ShortGPT pruning is for causal decoders."""
     if getattr(config, "is_encoder_decoder", False):
-        raise DepthpruneError(f"{where} is an encoder-decoder model ({config.model_type}); "
-                              "depthprune prunes decoder-only causal language models")
+        raise DepthpruneError(f"unsupported architecture '{config.model_type}': {where} is an encoder-decoder model, "
+                              "and depthprune prunes decoder-only causal language models")
     if getattr(config, "is_decoder", False):
         return
     model_type = getattr(config, "model_type", None)
@@ -143,8 +143,8 @@ def check_causal_decoder(config, where: str) -> None:
                                                    "ForQuestionAnswering", "ForPreTraining", "Model"))
                                        and not a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs)
     if model_type in masked or (encoder_arch and model_type not in _causal_types()):
-        raise DepthpruneError(f"{where} is an encoder ({model_type}, bidirectional attention), not a causal decoder; "
-                              "depthprune prunes decoder-only causal language models")
+        raise DepthpruneError(f"unsupported architecture '{model_type}': {where} is an encoder (bidirectional "
+                              "attention), not a causal decoder, and depthprune prunes decoder-only causal language models")
 
 
 def _causal_types() -> set:
