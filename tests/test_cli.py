@@ -186,6 +186,7 @@ def test_overwrite_replaces_existing_output(work, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "depthprune.json").write_text("{}")  # --overwrite replaces only a previous depthprune output (issue 7)
     result = run("prune", model, "--remove", 1, "--data", root / "calib.txt", *CALIB, "--out", out, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not (out / "old.txt").exists() and (out / "depthprune.json").exists()

@@ -26,6 +26,8 @@ from .data import CalibrationSet, build_calibration, validate_spec
 from .errors import DepthpruneError
 from .evaluation import PerplexityResult, evaluate_tasks, perplexity
 from .export import check_output_dir, save_pruned
+from .guards.model_files import check_causal_decoder
+from .guards.settings import check_batch_size, check_seed, check_seq_len
 from .models import LoadedModel, load_model
 from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RepairRecipe, RuntimeRecipe, SelectionRecipe
 from .reports import PruneReport, ScoreReport
@@ -40,13 +42,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def as_loaded(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Normalise the ways a caller can name a model into a :class:`LoadedModel`."""
+def as_loaded(model, tokenizer=None, *, dtype: str = "float32", device: str = "cpu",
+              trust_remote_code: bool = False) -> LoadedModel:
+    """Normalise the ways a caller can name a model into a :class:`LoadedModel`.
+
+    ``trust_remote_code`` (default False) is passed to every transformers load; a model that
+    needs its own code is refused without it.
+    """
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, (str, Path)):
-        return load_model(str(model), dtype=dtype, device=device)
+        return load_model(str(model), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if isinstance(model, nn.Module):
+        check_causal_decoder(model.config, f"model {type(model).__name__}")
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         return LoadedModel(model, tokenizer, name, {"kind": "in-memory",
                                                      "model_type": getattr(model.config, "model_type", None)})
@@ -68,7 +76,8 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
           block_sizes: Sequence[int] = (1,), strategy: str | None = None, remove: int | None = None,
           protect_first: int = 0, protect_last: int = 0, dtype: str = "float32", device: str = "cpu",
-          offload: str = "none", activation_budget_mb: int = 1024, progress: bool = True) -> ScoreReport:
+          offload: str = "none", activation_budget_mb: int = 1024, progress: bool = True,
+          trust_remote_code: bool = False) -> ScoreReport:
     """Importance score of every decoder layer (0-based, original numbering; higher = more important).
 
     ``metric``: bi, angular, angular-all, relative-magnitude, reverse-order, random, ppl or taylor.
@@ -81,6 +90,8 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
         raise DepthpruneError("give both --strategy and --remove to preview a selection, or neither")
     if strategy is not None:
         resolve(metric, strategy)
+    check_batch_size(batch_size)
+    check_seed(seed)
     if isinstance(data, str):
         validate_spec(data)
     # --- scale (issue 12): layer-streamed (offload="layers"/"auto") and torchrun data-parallel scoring ---
@@ -93,8 +104,9 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
                             protect_last=protect_last, dtype=dtype, device=device, offload=offload,
                             activation_budget_mb=activation_budget_mb, progress=progress)
     # --- end scale ---
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     layout(loaded.model)  # unsupported architecture: fail before any data work
+    check_seq_len(loaded.model, seq_len)
     calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
                                   text_field=text_field, batch_size=batch_size, progress=progress)
     result = compute_scores(loaded.model, calibration, [metric], batch_size=batch_size, seed=seed,
@@ -138,10 +150,13 @@ class PruneResult:
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
                         max_tokens: int = 40_000, batch_size: int = 1, text_field: str = "text",
-                        dtype: str = "float32", device: str = "cpu", progress: bool = True) -> PerplexityResult:
+                        dtype: str = "float32", device: str = "cpu", progress: bool = True,
+                        trust_remote_code: bool = False) -> PerplexityResult:
     """Perplexity of a model on a text SPEC (non-overlapping ``seq_len`` windows, ``max_tokens`` budget)."""
+    check_batch_size(batch_size)
     validate_spec(spec, allow_self=False)
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    check_seq_len(loaded.model, seq_len)
     return perplexity(loaded.model, loaded.tokenizer, spec, seq_len=seq_len, max_tokens=max_tokens,
                       batch_size=batch_size, text_field=text_field, progress=progress)
 
@@ -155,7 +170,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
-          progress: bool = True, laco=None) -> PruneResult:
+          progress: bool = True, laco=None, trust_remote_code: bool = False) -> PruneResult:
     """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
     A keyword front end to :func:`run`: the arguments become a :class:`~depthprune.recipe.Recipe`
@@ -193,7 +208,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
                                     num_fewshot=eval_options.get("num_fewshot"),
                                     data_dir=eval_options.get("data_dir"), bench=bench,
                                     bench_options=dict(bench_options or {})),
-        runtime=RuntimeRecipe(dtype=dtype, device=device),
+        runtime=RuntimeRecipe(dtype=dtype, device=device, trust_remote_code=trust_remote_code),
     )
     return run(recipe, model=None if isinstance(model, str) else model, tokenizer=tokenizer, scores=scores,
                calibration=calibration, in_place=in_place, command=command, progress=progress)
@@ -231,12 +246,16 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         scores = score_file(recipe.selection.scores)
     recipe.validate(check_data=calibration is None and scores is None)
     sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
+    inputs = [recipe.model, cal.data, ev.ppl, ev.data_dir, recipe.repair.data]  # --out may be none of these
     if out.path is not None and out.format != "gguf":
-        check_output_dir(out.path, out.overwrite)
+        check_output_dir(out.path, out.overwrite, inputs=inputs)
     # --- GGUF output (issue 9 section 1): the destination is checked before any model work
     if out.path is not None and out.format == "gguf":
         from .formats.gguf_prune import check_gguf_destination
 
+        from .guards.outputs import check_not_input
+
+        check_not_input(out.path, inputs)
         check_gguf_destination(out.path, out.overwrite)
     explicit = sel.layers is not None
     metric = sel.metric
@@ -260,9 +279,14 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         report = prune_offloaded(recipe, scores=scores, calibration=calibration, command=command, progress=progress)
         return PruneResult(None, None, report)
     # --- end scale ---
-    loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device)
+    loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device,
+                       trust_remote_code=rt.trust_remote_code)
     total = num_layers(loaded.model.config)
     layout(loaded.model)
+    if not explicit and scores is None and calibration is None:
+        check_seq_len(loaded.model, cal.seq_len)
+    if ev.ppl is not None:
+        check_seq_len(loaded.model, ev.ppl_seq_len, "--ppl-seq-len")
     calibration_settings: dict = {}
     first = None
     if explicit:
@@ -312,7 +336,8 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
 
     def tasks_of(m, role: str) -> dict:
         return evaluate_tasks(m, loaded.tokenizer, ev.tasks, model_name=loaded.source, role=role,
-                              command=command, **ev.task_options(cal.batch_size))
+                              command=command, trust_remote_code=rt.trust_remote_code,
+                              **ev.task_options(cal.batch_size))
 
     repairing = bool(recipe.repair.methods)
     if repairing:  # repair (issue 10): refuse an impossible repair before any measurement

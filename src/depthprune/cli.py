@@ -13,13 +13,16 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import DepthpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make LLMs shallower: score decoder layers, remove the least important, evaluate.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# markup=False, emoji=False (issue 7): no user-supplied string (paths, specs, model names) is ever read as rich markup.
+# soft_wrap=True: long lines (paths) are never broken by inserted newlines.
+console = Console(stderr=False, markup=False, emoji=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
 STATE: dict = {"debug": False, "argv": None}
 
 
@@ -42,6 +45,8 @@ MetricOpt = typer.Option("bi", "--metric", help=METRIC_HELP)
 PruneMetricOpt = typer.Option(None, "--metric", help=METRIC_HELP + " Default: bi (one-shot, iterative), angular (block), ppl (greedy-ppl).")
 StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block, greedy-ppl or laco (merge layers).")
 LacoOpt = typer.Option(None, "--laco", help="LaCo settings for --strategy laco: C=3,L=1,H=LAST,I=1,T=0.5 (merge size, lowest/highest layer, interval, similarity threshold).")
+TrustOpt = typer.Option(False, "--trust-remote-code",
+                        help="Allow a model's own Python code (auto_map) to run. Off by default: such models are refused.")
 
 
 @app.callback()
@@ -69,8 +74,38 @@ def _score_table(scores: list[float], removed: set[int], metric: str) -> Table:
     table.add_column("rank", justify="right")
     table.add_column("")
     for i, value in enumerate(scores):
-        table.add_row(str(i), f"{value:.5f}", str(rank[i]), "[red]removed[/red]" if i in removed else "")
+        table.add_row(str(i), f"{value:.5f}", str(rank[i]), Text("removed", style="red") if i in removed else "")
     return table
+
+
+def _plot_path(out: Path) -> Path:
+    """The bar chart written beside the scores JSON; refuse an --out that would collide with it."""
+    if out.suffix.lower() == ".png":
+        raise DepthpruneError(f"--out {out} names the scores JSON, and the plot goes beside it as NAME.png; "
+                              "give --out a .json name")
+    return out.with_suffix(".png")
+
+
+def _check_side_output(path: Path, model: str, other_inputs: list, *, directory: bool = False) -> None:
+    """--json/--results may go into a (pruned) model directory, but never over one of the model's own files."""
+    from .export import check_output_file
+    from .guards.outputs import check_not_input, local_inputs, prepare_parent, resolved
+
+    target = resolved(path)
+    for inp in local_inputs([model]):
+        if inp.is_dir() and (target == inp or inp in target.parents):
+            rel = target.relative_to(inp)
+            ours = rel.parts and (rel.parts[0] == "eval" or rel.as_posix() == "bench.json")
+            if target.exists() and not ours:
+                raise DepthpruneError(f"{path} is a file of the input model {inp}; write the results elsewhere")
+            check_not_input(path, other_inputs, "--json")
+            prepare_parent(path)
+            return
+    if directory:
+        check_not_input(path.parent, [model, *other_inputs], "--results")
+        prepare_parent(path)
+    else:
+        check_output_file(path, True, inputs=[model, *other_inputs], flag="--json")
 
 
 @app.command()
@@ -83,14 +118,15 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
           protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers (preview)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
           offload: str = typer.Option("none", "--offload", help="none (model in memory), layers (one decoder layer at a time from a safetensors dir), auto (layers when the weights do not fit in memory)."),
-          activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory; the rest is spilled to disk.")) -> None:
+          activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory; the rest is spilled to disk."),
+          trust_remote_code: bool = TrustOpt) -> None:
     """Score every decoder layer (Block Influence by default) and write scores.json + a bar chart.
 
     Under `torchrun --nproc_per_node N -m depthprune.cli score ...` each process scores its share of the
     calibration batches, the sums are all-reduced and rank 0 writes.
     """
     from .api import score as api_score
-    from .export import write_file_atomic, write_json_atomic
+    from .export import check_output_file, write_file_atomic, write_json_atomic
     from .plots import plot_layer_scores
 
     from .metrics import check_metric
@@ -103,12 +139,14 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
 
         resolve(metric, strategy)
     out = out.expanduser()
-    if out.exists() and not overwrite:
-        raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
+    png = _plot_path(out)
+    check_output_file(out, overwrite, inputs=[model, data])
+    check_output_file(png, overwrite, inputs=[model, data], flag="--out (its plot)")
     report = api_score(model, data=data, metric=metric, samples=samples, seq_len=seq_len, batch_size=batch_size,
                        seed=seed, text_field=text_field, strategy=strategy, remove=remove,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
-                       offload=offload, activation_budget_mb=activation_budget_mb, progress=_progress())
+                       offload=offload, activation_budget_mb=activation_budget_mb, progress=_progress(),
+                       trust_remote_code=trust_remote_code)
     from .scale.distributed import is_main_process
 
     if not is_main_process():  # torchrun: rank 0 prints and writes
@@ -122,10 +160,10 @@ def score(model: str = ModelArg, data: str = DataOpt, out: Path = typer.Option(.
     if report.selection:
         console.print(f"{strategy} would remove layers (0-based, original numbering): "
                       f"{report.selection['removed_layers']}")
-    write_json_atomic(out, report.to_json())
-    png = out.with_suffix(".png")
+    write_json_atomic(out, report.to_json(), overwrite=overwrite)
     write_file_atomic(png, lambda p: plot_layer_scores(report.scores, p, metric=report.metric, removed=sorted(chosen),
-                                                       title=f"{report.model}: {report.metric} per layer"))
+                                                       title=f"{report.model}: {report.metric} per layer"),
+                      overwrite=overwrite)
     console.print(f"wrote {out} and {png}")
 
 
@@ -144,6 +182,7 @@ PRUNE_FLAGS = {
     "eval_data_dir": ("evaluation", "data_dir"), "bench": ("evaluation", "bench"),
     "out": ("output", "path"), "overwrite": ("output", "overwrite"),
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
+    "trust_remote_code": ("runtime", "trust_remote_code"),
     "laco": ("selection", "laco"),  # issue 11
     "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
     "scores_file": ("selection", "scores"),
@@ -246,7 +285,7 @@ def prune(ctx: typer.Context,
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
           laco: Optional[str] = LacoOpt,
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous depthprune output directory (or an empty one)."),
           offload: str = typer.Option("none", "--offload", help="layers: never load the model (streamed scoring, pruning a safetensors checkpoint on disk); auto: only when it does not fit; none."),
           activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory while scoring."),
           scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring)."),
@@ -257,7 +296,8 @@ def prune(ctx: typer.Context,
           output_format: Optional[str] = typer.Option(None, "--format", help="hf (transformers checkpoint, default) or gguf (from a GGUF source: the original quantized tensors of the kept blocks, byte for byte; default when --out ends in .gguf; from any other source: exported, see --gguf-type)."),
           gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF precision when a non-GGUF model is exported with --format gguf: f32, f16, bf16, q8_0."),
           quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only quantization of the pruned model (torchao): int8 or int4."),
-          quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4.")) -> None:
+          quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4."),
+          trust_remote_code: bool = TrustOpt) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -366,13 +406,14 @@ def sweep(model: str = ModelArg,
           limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval documents per task (int) or share (<1); per subtask for mmlu."),
           task_data_dir: Optional[Path] = typer.Option(None, "--task-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
           # --- end issue 11 ---
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous depthprune output directory (or an empty one)."),
+          trust_remote_code: bool = TrustOpt) -> None:
     """Perplexity vs layers removed for each metric/strategy (CSV, JSON, line plot, angular heatmap)."""
     from .export import check_output_dir
     from .sweep import combinations, save_sweep
     from .sweep import sweep as api_sweep
 
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[model, data, ppl])
     metric_list, strategy_list = _csv_list(metrics, "metrics"), _csv_list(strategies, "strategies")
     combinations(metric_list, strategy_list)
     count_list = None
@@ -391,7 +432,7 @@ def sweep(model: str = ModelArg,
                        data=data, ppl=ppl, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
                        text_field=text_field, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
-                       progress=_progress())
+                       progress=_progress(), trust_remote_code=trust_remote_code)
     table = Table(title=f"perplexity on {ppl} vs layers removed (dense {result.dense['ppl']:.2f})")
     lines = result.lines()
     table.add_column("metric/strategy")
@@ -430,7 +471,8 @@ def eval_cmd(model: str = ModelArg,
              max_tokens: int = typer.Option(40_000, "--max-tokens", help="Perplexity token budget."),
              batch_size: int = typer.Option(1, "--batch-size", help="Windows (ppl) or requests (lm-eval) per forward pass."),
              text_field: str = TextFieldOpt, dtype: str = DtypeOpt, device: str = DeviceOpt,
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the perplexity result as JSON here.")) -> None:
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the perplexity result as JSON here."),
+             trust_remote_code: bool = TrustOpt) -> None:
     """Perplexity on a text SPEC and/or task accuracy through lm-evaluation-harness (dense or pruned model)."""
     from .api import as_loaded, evaluate_perplexity
     from .evaluation import check_tasks, evaluate_tasks
@@ -445,7 +487,15 @@ def eval_cmd(model: str = ModelArg,
     local_dir = Path(model).expanduser()
     is_dir = local_dir.is_dir()
     results_dir = results or (local_dir / "eval" if is_dir else Path("eval-results"))
-    loaded = as_loaded(model, dtype=dtype, device=device)
+    if json_out is not None:
+        _check_side_output(json_out, model, [ppl])
+    if tasks is not None:
+        _check_side_output(results_dir / "x.json", model, [ppl], directory=True)
+    loaded = as_loaded(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if ppl is not None:
+        from .guards.settings import check_batch_size
+
+        check_batch_size(batch_size)
     if ppl is not None:
         result = evaluate_perplexity(loaded, spec=ppl, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
                                      text_field=text_field, progress=_progress())
@@ -456,7 +506,8 @@ def eval_cmd(model: str = ModelArg,
         if role is None:
             role = "pruned" if is_dir and (local_dir / "depthprune.json").is_file() else "dense"
         out = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, device=None, model_name=model, role=role,
-                             command=command_line(), **_eval_options(limit, num_fewshot, data_dir, batch_size))
+                             command=command_line(), trust_remote_code=trust_remote_code,
+                             **_eval_options(limit, num_fewshot, data_dir, batch_size))
         _print_task_results({role: out}, f"lm-eval on {model}")
         results_dir.mkdir(parents=True, exist_ok=True)
         path = results_dir / f"{role}-{'_'.join(check_tasks(tasks))}.json"
@@ -509,7 +560,8 @@ def bench(model: str = ModelArg,
           labels: str = typer.Option("dense,pruned", "--labels", help="Names for BASELINE,MODEL in tables."),
           threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch during the measurement (default: torch's)."),
           dtype: str = DtypeOpt, device: str = DeviceOpt,
-          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here (e.g. PRUNED_DIR/bench.json for `report`).")) -> None:
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here (e.g. PRUNED_DIR/bench.json for `report`)."),
+          trust_remote_code: bool = TrustOpt) -> None:
     """Prefill/decode throughput, peak memory and size of a model, optionally side by side with a baseline."""
     from .export import write_json_atomic
     from .speed import benchmark, compare, parse_seq_lens
@@ -517,7 +569,9 @@ def bench(model: str = ModelArg,
     lens = parse_seq_lens(seq_lens)
     options = dict(seq_lens=lens, prompt_len=prompt_len, decode_tokens=decode_tokens, batch_size=batch_size,
                    repeats=repeats, warmup=warmup, dtype=dtype, device=device, threads=threads,
-                   progress=_progress())
+                   progress=_progress(), trust_remote_code=trust_remote_code)
+    if json_out is not None:
+        _check_side_output(json_out, model, [compare_with])
     if compare_with is None:
         data = benchmark(model, **options).to_json()
         data["command"] = command_line()
@@ -655,16 +709,22 @@ def main(argv: list[str] | None = None) -> None:
     STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
     debug = "--debug" in STATE["argv"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _prepare_run()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # issue 7: typer turns Ctrl-C (and our SIGTERM exception) into a returned 130
+            _interrupted(None, debug)
+    # ---- issue 7: user errors, interrupts, errors escaping from files (keep this block together) ----
     except DepthpruneError as exc:
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; no output was left behind")
-        sys.exit(130)
+        _refuse(str(exc), debug)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, debug)
+    except (OSError, UnicodeError, ValueError, RuntimeError) as exc:
+        sentence = _file_error_sentence(exc)
+        if sentence is None:
+            _internal_error(exc, debug)
+        _refuse(sentence, debug)
+    # ---- end issue 7 ----
     except Exception as exc:  # click usage errors come here in non-standalone mode
         import click
 
@@ -672,9 +732,62 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(2)
         if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+            cause = exc.__cause__ or exc.__context__  # issue 7: click turns Ctrl-C (and SIGTERM) into Abort
+            _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt(), debug)
+        _internal_error(exc, debug)  # issue 7
     sys.exit(0)
+
+
+# ---- issue 7: error handling helpers used by main() ----
+
+def _prepare_run() -> None:
+    from .guards.outputs import _FIRST_SEEN
+    from .guards.signals import RECEIVED, install_sigterm_handler
+
+    _FIRST_SEEN.clear()
+    RECEIVED.clear()
+    install_sigterm_handler()
+
+
+def _refuse(sentence: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    err_console.print(Text.assemble(("error:", "bold red"), f" {sentence}"), highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _interrupted(exc: BaseException | None, debug: bool) -> None:
+    import signal
+
+    from .guards.signals import RECEIVED, Terminated
+
+    if debug and exc is not None:
+        traceback.print_exc()
+    terminated = isinstance(exc, Terminated) or signal.SIGTERM in RECEIVED
+    err_console.print(f"{'terminated' if terminated else 'interrupted'}; no partial output was left behind",
+                      highlight=False, soft_wrap=True)
+    sys.exit(143 if terminated else 130)
+
+
+def _file_error_sentence(exc: BaseException) -> str | None:
+    """One sentence for an OS/decoding error that names a file; None for anything that looks like a bug."""
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        what = exc.strerror or type(exc).__name__
+        return f"cannot access {exc.filename}: {what}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"input/output error: {exc.strerror or exc}"
+    return None
+
+
+def _internal_error(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    err_console.print(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+# ---- end issue 7 helpers ----
 
 
 if __name__ == "__main__":  # pragma: no cover

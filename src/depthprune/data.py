@@ -51,6 +51,7 @@ from .errors import DepthpruneError
 log = logging.getLogger(__name__)
 
 PLAIN_TEXT = "plain"
+SELF_GENERATION_BATCH = 8  # 'self' text is sampled in groups of this size, independent of --batch-size
 OVERSAMPLE = 4
 
 
@@ -130,32 +131,170 @@ def strip_gutenberg(text: str) -> str:
     return text
 
 
-def _file_texts(path: Path, text_field: str) -> Iterator[str]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8-sig") as handle:
-            for lineno, line in enumerate(handle, 1):
+READ_CHUNK_CHARS = 1_000_000  # plain text is read and tokenized in pieces of at most this many characters
+
+
+class Pieces:
+    """One document too long to hold (or tokenize) at once: an iterable of its consecutive pieces.
+
+    :func:`token_stream` tokenizes the pieces one by one (no EOS between them) and stops
+    reading as soon as it has enough tokens, so memory stays bounded whatever the file size.
+    """
+
+    def __init__(self, pieces: Iterable[str]):
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pieces)
+
+
+def split_text(text: str, size: int = READ_CHUNK_CHARS) -> Iterator[str]:
+    """Cut ``text`` into pieces of at most ``size`` characters, at a newline or space when there is one."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", start + size // 2, end), text.rfind(" ", start + size // 2, end))
+            end = cut + 1 if cut >= 0 else end
+        yield text[start:end]
+        start = end
+
+
+def _read_pieces(path: Path, size: int = READ_CHUNK_CHARS) -> Iterator[str]:
+    """A UTF-8 text file in pieces of at most ~``size`` characters, Gutenberg boilerplate stripped."""
+    first = True
+    carry = ""
+    with _open_text(path) as handle:
+        while True:
+            try:
+                block = handle.read(size)
+            except UnicodeDecodeError:
+                raise DepthpruneError(f"{path} is not UTF-8 text") from None
+            except OSError as exc:
+                raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+            text = carry + block
+            carry = ""
+            if block:
+                cut = max(text.rfind("\n", len(text) // 2), text.rfind(" ", len(text) // 2))
+                if cut >= 0:
+                    text, carry = text[:cut + 1], text[cut + 1:]
+            if first:
+                start = text.find("*** START OF")
+                if start != -1:
+                    newline = text.find("\n", start)
+                    text = text[newline + 1:] if newline != -1 else ""
+                first = False
+            end = text.find("*** END OF")
+            if end != -1:
+                if text[:end]:
+                    yield text[:end]
+                return
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def _open_text(path: Path):
+    try:
+        return path.open(encoding="utf-8-sig")
+    except IsADirectoryError:
+        raise DepthpruneError(f"{path} is a directory, not a text file") from None
+    except OSError as exc:
+        raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _field_value(value, where: str, text_field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    raise DepthpruneError(f"{where}: field '{text_field}' holds a {type(value).__name__}, not text; "
+                          "pick the text field with --text-field")
+
+
+def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
+    skipped = 0
+    try:
+        with _open_text(path) as handle:
+            lineno = 0
+            while True:
+                try:
+                    line = handle.readline()
+                except UnicodeDecodeError as exc:
+                    raise DepthpruneError(f"{path} (after line {lineno}) is not UTF-8 text ({exc.reason})") from None
+                except OSError as exc:
+                    raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+                if not line:
+                    break
+                lineno += 1
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     raise DepthpruneError(f"{path}:{lineno} is not valid JSON (expected one object per line)") from None
                 if not isinstance(row, dict) or text_field not in row:
                     raise DepthpruneError(f"{path}:{lineno} has no '{text_field}' field; pick the field with --text-field")
-                yield str(row[text_field])
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+                text = _field_value(row[text_field], f"{path}:{lineno}", text_field)
+                if text is None:
+                    skipped += 1
+                    continue
+                yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
+    finally:
+        if skipped:
+            log.warning("%s: skipped %d row(s) whose '%s' is null", path, skipped, text_field)
 
-        table = pq.read_table(path)
-        if text_field not in table.column_names:
+
+def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    skipped = 0
+    try:
+        try:
+            handle = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DepthpruneError(f"{path} is not a readable parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if text_field not in handle.schema_arrow.names:
             raise DepthpruneError(f"{path} has no '{text_field}' column; pick the column with --text-field")
-        yield from (str(v) for v in table.column(text_field).to_pylist() if v is not None)
+        try:
+            for batch in handle.iter_batches(batch_size=256, columns=[text_field]):
+                for value in batch.column(0).to_pylist():
+                    text = _field_value(value, f"{path} column '{text_field}'", text_field)
+                    if text is None:
+                        skipped += 1
+                        continue
+                    yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
+        except (pa.ArrowException, OSError) as exc:
+            raise DepthpruneError(f"{path} is a corrupt parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    finally:
+        if skipped:
+            log.warning("%s: skipped %d row(s) whose '%s' is null", path, skipped, text_field)
+
+
+def _file_texts(path: Path, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        yield from _jsonl_texts(path, text_field)
+    elif suffix == ".parquet":
+        yield from _parquet_texts(path, text_field)
     else:
         try:
-            yield strip_gutenberg(path.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError:
-            raise DepthpruneError(f"{path} is not UTF-8 text") from None
+            small = path.stat().st_size <= READ_CHUNK_CHARS
+        except OSError as exc:
+            raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if small:  # the common case: one string, exactly as read
+            with _open_text(path) as handle:
+                try:
+                    text = handle.read()
+                except UnicodeDecodeError:
+                    raise DepthpruneError(f"{path} is not UTF-8 text") from None
+                except OSError as exc:
+                    raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+            yield strip_gutenberg(text)
+        else:  # large: bounded pieces, read only as far as the token budget needs
+            yield Pieces(_read_pieces(path))
 
 
 def _hf_texts(spec: str, text_field: str) -> Iterator[str]:
@@ -172,10 +311,19 @@ def _hf_texts(spec: str, text_field: str) -> Iterator[str]:
     except Exception as exc:  # datasets raises many types; the user needs the one sentence
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DepthpruneError(f"could not load dataset '{spec}': {first}") from None
-    for row in ds:
-        if text_field not in row:
-            raise DepthpruneError(f"dataset '{spec}' has no '{text_field}' field; pick it with --text-field")
-        yield str(row[text_field])
+    skipped = 0
+    try:
+        for row in ds:
+            if text_field not in row:
+                raise DepthpruneError(f"dataset '{spec}' has no '{text_field}' field; pick it with --text-field")
+            text = _field_value(row[text_field], f"dataset '{spec}'", text_field)
+            if text is None:
+                skipped += 1
+                continue
+            yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
+    finally:
+        if skipped:
+            log.warning("dataset '%s': skipped %d row(s) whose '%s' is null", spec, skipped, text_field)
 
 
 def iter_texts(spec: str, *, text_field: str = "text") -> Iterator[str]:
@@ -191,15 +339,24 @@ def iter_texts(spec: str, *, text_field: str = "text") -> Iterator[str]:
     if spec.startswith("hf:"):
         if not spec[3:].split(":")[0]:
             raise DepthpruneError(f"bad dataset spec '{spec}': use hf:NAME[:CONFIG][:SPLIT]")
+        if not Path(spec[3:].split(":")[0]).expanduser().is_dir():
+            from .guards.network import require_hub
+
+            require_hub(f"dataset '{spec}'")  # fail fast, before any model is loaded
         return _hf_texts(spec, text_field)
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        try:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        except OSError as exc:
+            raise DepthpruneError(f"cannot read data directory {path}: {exc.strerror or exc}") from None
         if not files:
             raise DepthpruneError(f"data directory {path} holds no files")
         return (text for file in files for text in _file_texts(file, text_field))
     if path.is_file():
         return _file_texts(path, text_field)
+    if path.exists():
+        raise DepthpruneError(f"data path {spec} is neither a regular file nor a directory (a device or pipe?)")
     if any(sep in spec for sep in ("/", "\\")) or "." in Path(spec).name:
         raise DepthpruneError(f"data path {spec} does not exist")
     raise DepthpruneError(
@@ -228,18 +385,27 @@ def special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def token_stream(tokenizer, texts: Iterable[str], max_tokens: int) -> list[int]:
-    """Documents tokenized without special tokens, joined with EOS, cut at ``max_tokens``."""
+def token_stream(tokenizer, texts: Iterable[str | Pieces], max_tokens: int) -> list[int]:
+    """Documents tokenized without special tokens, joined with EOS, cut at ``max_tokens``.
+
+    A document longer than :data:`READ_CHUNK_CHARS` characters (or given as :class:`Pieces`) is
+    tokenized piece by piece, cut at whitespace, and reading stops as soon as ``max_tokens`` are
+    there: memory is bounded by the piece size and ``max_tokens``, not by the size of the input.
+    """
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for text in texts:
-        if not text or not text.strip():
-            continue
-        if stream and eos is not None:
-            stream.append(eos)
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if len(stream) >= max_tokens:
-            break
+        pieces = text if isinstance(text, Pieces) else split_text(text) if len(text) > READ_CHUNK_CHARS else [text]
+        started = False
+        for piece in pieces:
+            if not piece or not piece.strip():
+                continue
+            if not started and stream and eos is not None:
+                stream.append(eos)
+            started = True
+            stream.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+            if len(stream) >= max_tokens:
+                return stream[:max_tokens]
     return stream[:max_tokens]
 
 
@@ -328,9 +494,10 @@ def self_generated(model, tokenizer, *, samples: int, seq_len: int, seed: int = 
     rows: list[list[int]] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for first in tqdm(range(0, samples, batch_size), desc="generating calibration text",
+        # Generate in groups of a fixed size, whatever --batch-size is: the same seed gives the same text.
+        for first in tqdm(range(0, samples, SELF_GENERATION_BATCH), desc="generating calibration text",
                           disable=not progress, unit="batch"):
-            n = min(batch_size, samples - first)
+            n = min(SELF_GENERATION_BATCH, samples - first)
             prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
             with torch.inference_mode():
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,

@@ -68,6 +68,7 @@ def check_tasks(tasks: str | list[str], data_dir: str | None = None) -> list[str
 
     names = parse_tasks(tasks)
     if data_dir is None:
+        _check_online_tasks(names)
         return names
     from pathlib import Path
 
@@ -85,10 +86,55 @@ def check_tasks(tasks: str | list[str], data_dir: str | None = None) -> list[str
     return names
 
 
+def _raised_in_lm_eval(exc: BaseException) -> bool:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "lm_eval" in frames[-1].filename
+
+
+def _lm_eval_mentions(name: str) -> bool:
+    """Whether any of lm-eval's task YAML files names ``name`` (a cheap text scan; building lm-eval's
+    TaskManager index parses ~10,000 YAML files and takes far longer). Without lm-eval: True."""
+    import re
+    from pathlib import Path
+
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")  # locate without importing (importing lm-eval is slow)
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    root = Path(list(spec.submodule_search_locations)[0]) / "tasks"
+    pattern = re.compile(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])")
+    for path in root.rglob("*.yaml"):
+        try:
+            if name in (text := path.read_text(encoding="utf-8", errors="replace")) and pattern.search(text):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _check_online_tasks(names: list[str]) -> None:
+    """Without --data-dir lm-eval downloads task data: refuse offline runs and unknown names up front."""
+    from .errors import DepthpruneError
+    from .guards.network import hub_offline, require_hub
+    from .lmeval_tasks import STANDARD_TASKS
+
+    for name in names:
+        if name not in STANDARD_TASKS and not _lm_eval_mentions(name):
+            raise DepthpruneError(f"unknown task '{name}': lm-eval has no task of that name "
+                                  f"(offline tasks with --data-dir: {', '.join(STANDARD_TASKS)})")
+    if hub_offline():
+        raise DepthpruneError(f"tasks {', '.join(names)} need their data: offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+                              "is set) give local copies with --data-dir (layout in docs/lmeval-tasks.md)")
+    require_hub(f"tasks {', '.join(names)}")
+
+
 def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, data_dir: str | None = None,
                    limit: int | float | None = None, num_fewshot: int | None = None, batch_size: int = 1,
                    device: str | None = None, model_name: str | None = None, role: str | None = None,
-                   command: str | None = None, bootstrap_iters: int = 1000) -> dict:
+                   command: str | None = None, bootstrap_iters: int = 1000, trust_remote_code: bool = False) -> dict:
     """Task accuracy through lm-evaluation-harness (its standard prompts and metrics).
 
     With ``data_dir`` the bundled offline task configs read local copies of the
@@ -104,9 +150,19 @@ def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, data_dir: str | 
         from .lmeval_tasks import run_lm_eval
 
         result = run_lm_eval(model, tokenizer, names, data_dir=data_dir, limit=limit, num_fewshot=num_fewshot,
-                             batch_size=batch_size, device=device, bootstrap_iters=bootstrap_iters)
+                             batch_size=batch_size, device=device, bootstrap_iters=bootstrap_iters,
+                             trust_remote_code=trust_remote_code)
     except ImportError as exc:
         raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
     except ValueError as exc:
         raise DepthpruneError(str(exc).strip().splitlines()[0]) from None
+    except AssertionError as exc:  # lm-eval asserts when a request does not fit the model's context
+        if not _raised_in_lm_eval(exc):
+            raise
+        from .guards.settings import position_limit
+
+        limit = position_limit(getattr(model, "config", None))
+        raise DepthpruneError(f"tasks {', '.join(names)} have requests longer than the model's context"
+                              f"{f' of {limit} positions' if limit else ''}; use a model with a longer context "
+                              "or other tasks") from exc
     return {"role": role, "model": model_name, "command": command, **result}

@@ -8,41 +8,55 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import DepthpruneError
+from .guards.outputs import (appeared_meanwhile, check_not_input, check_replaceable, commit, first_seen,
+                             prepare_parent, remember, tmp_prefix)
 from .plots import plot_layer_scores
 from .reports import PruneReport
 
 
-def check_output_dir(out: Path | str, overwrite: bool) -> Path:
-    """Refuse an existing output directory unless ``overwrite``; fail before any heavy work."""
+def check_output_dir(out: Path | str, overwrite: bool, inputs: Iterable[object] = ()) -> Path:
+    """Fail before any heavy work if ``out`` cannot or must not be written (see :mod:`depthprune.guards.outputs`).
+
+    Refuses an existing ``out`` without ``overwrite``, and with it anything but a previous depthprune
+    output or an empty directory; refuses ``out`` equal to, inside or containing any of ``inputs``;
+    creates the parent and proves it writable; removes stale temporary siblings of killed runs.
+    """
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise DepthpruneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise DepthpruneError(f"output path {out} exists and is not a directory")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise DepthpruneError(f"cannot write {out}: {out.parent} is a file, not a directory")
+    check_not_input(out, inputs)
+    check_replaceable(out, overwrite, kind="directory")
+    prepare_parent(out)
+    remember(out)
     return out
 
 
+def check_output_file(path: Path | str, overwrite: bool, inputs: Iterable[object] = (), flag: str = "--out") -> Path:
+    """Like :func:`check_output_dir` for a single output file."""
+    path = Path(path).expanduser()
+    check_not_input(path, inputs, flag)
+    check_replaceable(path, overwrite, kind="file", flag=flag)
+    prepare_parent(path)
+    remember(path)
+    return path
+
+
 @contextlib.contextmanager
-def atomic_directory(out: Path | str, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on any failure it vanishes."""
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)  # like mkdir -p: `--out runs/new/model` just works
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def atomic_directory(out: Path | str, overwrite: bool = False, inputs: Iterable[object] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it becomes ``out``, on any failure (also Ctrl-C/SIGTERM) it vanishes.
+
+    The final step never clobbers an ``out`` that appeared (or changed) since this run first checked it.
+    """
+    out = Path(out).expanduser()
+    if first_seen(out) is None and out.exists():
+        raise appeared_meanwhile(out)
+    out = check_output_dir(out, overwrite, inputs)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(out), dir=out.parent))
     try:
         yield tmp
         _normal_permissions(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        commit(tmp, out, overwrite=overwrite, kind="directory")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -62,21 +76,29 @@ def _normal_permissions(root: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def write_json_atomic(path: Path | str, data: dict) -> Path:
+def write_json_atomic(path: Path | str, data: dict, *, overwrite: bool = True) -> Path:
     """Write JSON to a temp file beside ``path``, then rename it into place."""
-    return write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+    return write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"),
+                             overwrite=overwrite)
 
 
-def write_file_atomic(path: Path | str, writer) -> Path:
-    """Call ``writer(tmp_path)`` then rename the temp file to ``path`` (for plots and the like)."""
+def write_file_atomic(path: Path | str, writer, *, overwrite: bool = True) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temp file to ``path`` (for plots and the like).
+
+    With ``overwrite=False`` an existing ``path`` (or one that appears meanwhile) is never replaced.
+    """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    if not overwrite and first_seen(path) is None and path.exists():
+        raise appeared_meanwhile(path)
+    check_replaceable(path, overwrite, kind="file")
+    prepare_parent(path)
+    remember(path)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        commit(Path(tmp), path, overwrite=overwrite, kind="file")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -137,7 +159,8 @@ def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: 
 def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False,
                 bench: dict | None = None, evals: dict | None = None) -> Path:
     """Write the pruned checkpoint with its evidence (``bench.json``, ``eval/{role}.json`` if given) into ``out``, atomically."""
-    with atomic_directory(out, overwrite) as tmp:
+    inputs = [report.model, (report.calibration or {}).get("source")]
+    with atomic_directory(out, overwrite, inputs=inputs) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -23,6 +23,10 @@ from typing import Callable
 import torch
 
 from .errors import DepthpruneError
+from .guards.model_files import (check_causal_decoder, check_model_dir, diagnose_load_failure, first_line,
+                                 remote_code_refusal)
+from .guards.network import require_hub
+from .guards.settings import check_device
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,11 @@ def cache_root() -> Path:
 
 
 def is_gguf(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(4) == b"GGUF"
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError as exc:
+        raise DepthpruneError(f"cannot read model file {path}: {exc.strerror or exc}") from None
 
 
 def clear_quantization_markers(model) -> None:
@@ -103,35 +110,57 @@ def clear_quantization_markers(model) -> None:
             pass
 
 
-def _from_pretrained(target: str, dtype: torch.dtype, device: str, **kwargs):
+def _from_pretrained(target: str, dtype: torch.dtype, device: str, *, trust_remote_code: bool = False,
+                     local: Path | None = None, **kwargs):
+    """AutoTokenizer + AutoModelForCausalLM, always with an explicit ``trust_remote_code`` (never a prompt)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device_kwargs = {"device_map": "auto"} if device == "auto" else {}
+    trust = {"trust_remote_code": bool(trust_remote_code)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **device_kwargs, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        tokenizer = AutoTokenizer.from_pretrained(target, **trust, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **device_kwargs, **trust, **kwargs)
+    except DepthpruneError:
+        raise
+    except Exception as exc:  # loading boundary: every failure becomes one sentence naming the file
+        first = first_line(exc)
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise remote_code_refusal(f"model '{target}'") from exc
         if "Unrecognized configuration class" in first:
-            model_type = _model_type_of(target, kwargs)
+            model_type = _model_type_of(target, kwargs, trust_remote_code)
             raise DepthpruneError(
                 f"unsupported architecture '{model_type}': transformers has no causal-LM (decoder-only) "
                 "class for it, and depthprune prunes decoder-only models"
-            ) from None
-        raise DepthpruneError(f"could not load model '{target}': {first}") from None
+            ) from exc
+        if local is not None:
+            raise diagnose_load_failure(local, exc) from exc
+        raise DepthpruneError(f"could not load model '{target}': {first}") from exc
     if device not in ("auto", "cpu"):
         model.to(device)
     model.eval()
     return model, tokenizer
 
 
-def _model_type_of(target: str, kwargs: dict) -> str:
+def _model_type_of(target: str, kwargs: dict, trust_remote_code: bool = False) -> str:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(target, **kwargs).model_type
+        return AutoConfig.from_pretrained(target, trust_remote_code=bool(trust_remote_code), **kwargs).model_type
     except Exception:  # only used to word an error message
         return "unknown"
+
+
+def _hub_config(spec: str, trust_remote_code: bool):
+    """The config of a Hub model, fetched (and refused) before any weights or code."""
+    from transformers import AutoConfig
+
+    require_hub(f"model '{spec}'")
+    try:
+        return AutoConfig.from_pretrained(spec, trust_remote_code=bool(trust_remote_code))
+    except Exception as exc:  # loading boundary
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise remote_code_refusal(f"model '{spec}'") from exc
+        raise DepthpruneError(f"could not load model '{spec}': {first_line(exc)}") from exc
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, device: str):
@@ -140,7 +169,12 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: str):
     if not is_gguf(path):
         raise DepthpruneError(f"{path} is not a GGUF file (its first bytes are not 'GGUF')")
     # Dequantize in float32, then cast: avoids rounding twice.
-    model, tokenizer = _from_pretrained(str(path.parent), torch.float32, "cpu", gguf_file=path.name)
+    try:
+        model, tokenizer = _from_pretrained(str(path.parent), torch.float32, "cpu", gguf_file=path.name)
+    except DepthpruneError as exc:
+        if path.name in str(exc) or "auto_map" in str(exc):
+            raise
+        raise DepthpruneError(f"could not load the GGUF file {path}: {exc}") from exc
     clear_quantization_markers(model)
     model.to(dtype)
     if device not in ("auto", "cpu"):
@@ -171,6 +205,22 @@ def _cached_demo(alias: str, dtype: torch.dtype, device: str):
     return _from_pretrained(str(target), dtype, device)
 
 
+def _check_local_config(path: Path, trust_remote_code: bool) -> None:
+    """Refuse remote code, broken configs/safetensors and encoders before transformers reads anything."""
+    raw = check_model_dir(path, trust_remote_code=trust_remote_code)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=bool(trust_remote_code))
+    except Exception as exc:  # loading boundary: name the file
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise remote_code_refusal(str(path / "config.json")) from exc
+        model_type = raw.get("model_type")
+        raise DepthpruneError(f"model config {path / 'config.json'} cannot be used"
+                              f"{f' (model_type {model_type!r})' if model_type else ''}: {first_line(exc)}") from exc
+    check_causal_decoder(config, f"model {path}")
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
@@ -178,13 +228,17 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise DepthpruneError(f"unknown dtype '{name}': use float32, bfloat16 or float16") from None
 
 
-def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Load a causal LM from a demo alias, a ``.gguf`` file, a local directory or a Hub id."""
+def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM from a demo alias, a ``.gguf`` file, a local directory or a Hub id.
+
+    Nothing from the model runs unless ``trust_remote_code``: a checkpoint whose ``config.json`` or
+    ``tokenizer_config.json`` has an ``auto_map`` is refused up front, and transformers always gets
+    an explicit ``trust_remote_code`` (so it never asks on stdin). Pickled weights load weights-only.
+    Encoders (BERT, RoBERTa, ...) and encoder-decoders are refused: only causal decoders are pruned.
+    """
     torch_dtype = resolve_dtype(dtype)
-    if device not in ("cpu", "auto") and not device.startswith(("cuda", "mps", "xpu")):
-        raise DepthpruneError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DepthpruneError(f"device '{device}' was asked for but no CUDA GPU is available")
+    check_device(device)
     path = Path(spec).expanduser()
     info = {"spec": spec, "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
     if spec in DEMO_MODELS:
@@ -196,16 +250,20 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> Loa
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise DepthpruneError(f"model directory {path} has no config.json; is it a Hugging Face checkpoint?")
-        model, tokenizer = _from_pretrained(str(path), torch_dtype, device)
+        _check_local_config(path, trust_remote_code)
+        model, tokenizer = _from_pretrained(str(path), torch_dtype, device, trust_remote_code=trust_remote_code,
+                                            local=path)
         info.update(kind="local")
     elif path.exists():
         raise DepthpruneError(f"{path} is neither a model directory nor a .gguf file")
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DepthpruneError(f"model path {spec} does not exist")
     else:
-        model, tokenizer = _from_pretrained(spec, torch_dtype, device)
+        check_causal_decoder(_hub_config(spec, trust_remote_code), f"model '{spec}'")
+        model, tokenizer = _from_pretrained(spec, torch_dtype, device, trust_remote_code=trust_remote_code)
         info.update(kind="hub")
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_causal_decoder(model.config, f"model '{spec}'")
     info["model_type"] = getattr(model.config, "model_type", None)
     return LoadedModel(model, tokenizer, spec, info)

@@ -35,7 +35,11 @@ class CalibrationRecipe:
     text_field: str = "text"
 
     def validate(self) -> None:
-        _positive(self, "samples", "seq_len", "batch_size")
+        from .guards.settings import check_batch_size, check_seed
+
+        _positive(self, "samples", "seq_len")
+        check_batch_size(self.batch_size)
+        check_seed(self.seed)
 
 
 @dataclass
@@ -152,6 +156,7 @@ class RuntimeRecipe:
 
     dtype: str = "float32"
     device: str = "cpu"
+    trust_remote_code: bool = False  # run a model's own code (auto_map); refused without it
     # --- scale (issue 12) ---
     offload: str = "none"  # none: the model in memory; layers: one decoder layer at a time, pruned on disk; auto
     activation_budget_mb: int = 1024  # layer streaming: activations kept in memory, the rest spilled to disk

@@ -72,6 +72,37 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_prune_report(path: Path, prune: dict) -> None:
+    """depthprune.json must agree with itself: layer indices in range, one score per original layer."""
+    before, after = prune.get("num_layers_before"), prune.get("num_layers_after")
+    removed, scores = prune.get("removed_layers"), prune.get("scores")
+    if not (_is_int(before) and _is_int(after) and 0 < after <= before):
+        raise DepthpruneError(f"{path}: num_layers_before/num_layers_after are not layer counts")
+    if not isinstance(removed, list) or not all(_is_int(i) and 0 <= i < before for i in removed) \
+            or len(set(removed)) != len(removed):
+        raise DepthpruneError(f"{path}: removed_layers must be distinct layer indices between 0 and {before - 1}")
+    if len(removed) != before - after:
+        raise DepthpruneError(f"{path}: {len(removed)} removed layers but the layer count went {before} -> {after}")
+    if not isinstance(scores, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores) \
+            or (scores and len(scores) != before):
+        raise DepthpruneError(f"{path}: scores must be a list of {before} numbers, one per original layer")
+
+
+def _check_bench(path: Path, bench: dict) -> None:
+    if "ratios" not in bench:
+        return
+    ok = (isinstance(bench.get("ratios"), dict) and isinstance(bench["ratios"].get("workloads"), dict)
+          and isinstance(bench.get("baseline"), dict) and isinstance(bench.get("candidate"), dict)
+          and isinstance(bench.get("labels"), list))
+    if not ok:
+        raise DepthpruneError(f"{path} is not a depthprune bench comparison (written by `depthprune bench --compare "
+                              "--json` or `prune --bench`); remove or re-create it")
+
+
 def _role(path: Path, data: dict, prune: dict, directory: Path) -> str | None:
     role = data.get("role")
     if role in ROLES:
@@ -141,10 +172,12 @@ def load(directory: Path | str) -> ReportInputs:
     for key in ("removed_layers", "scores", "num_layers_before", "num_layers_after"):
         if key not in prune:
             raise DepthpruneError(f"{meta} lacks '{key}'; is it a depthprune prune report?")
+    _check_prune_report(meta, prune)
     evals, files, commands = read_evals(directory, prune)
     bench = None
     if (directory / "bench.json").is_file():
         bench = _read_json(directory / "bench.json")
+        _check_bench(directory / "bench.json", bench)
         if "ratios" not in bench:
             log.warning("%s is a single-model benchmark, not a comparison; speed ratios left out",
                         directory / "bench.json")
@@ -345,23 +378,32 @@ OWN_PLOTS = {"report_quality.png", "report_speed.png"}
 
 
 def write_report(directory: Path | str) -> ReportPaths:
-    """Write report.md, report.html, the plots, and refresh README.md in ``directory`` (each file atomically)."""
+    """Write report.md, report.html, the plots, and refresh README.md in ``directory`` (each file atomically).
+
+    Everything is rendered before anything is written: files that disagree or are malformed give
+    one sentence naming the directory and leave it as it was.
+    """
     import tempfile
 
     inputs = load(directory)
     folder = inputs.directory
     with tempfile.TemporaryDirectory(prefix="depthprune-report-") as tmp:
-        made = _make_plots(inputs, Path(tmp))
+        try:
+            made = _make_plots(inputs, Path(tmp))
+            md = render_markdown(inputs, {k: v.name for k, v in made.items()})
+            page = render_html(inputs, made)
+            card = model_card(inputs.prune, evals=inputs.evals, bench=inputs.bench)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise DepthpruneError(f"the files in {folder} (depthprune.json, bench.json, eval/*.json) are malformed or "
+                                  f"disagree ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                  "re-create them with depthprune") from exc
         images = {}
         for name, path in made.items():
             data = path.read_bytes()
             images[name] = write_file_atomic(folder / path.name, lambda p, data=data: p.write_bytes(data))
-        md = render_markdown(inputs, {k: v.name for k, v in images.items()})
-        page = render_html(inputs, images)
     for stale in OWN_PLOTS - {p.name for p in images.values()}:  # e.g. bench.json was removed since
         (folder / stale).unlink(missing_ok=True)
     md_path = write_file_atomic(folder / "report.md", lambda p: p.write_text(md, encoding="utf-8"))
     html_path = write_file_atomic(folder / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
-    card = model_card(inputs.prune, evals=inputs.evals, bench=inputs.bench)
     card_path = write_file_atomic(folder / "README.md", lambda p: p.write_text(card, encoding="utf-8"))
     return ReportPaths(md_path, html_path, card_path, list(images.values()))

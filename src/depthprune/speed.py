@@ -436,7 +436,7 @@ def _threads(threads: int | None) -> Iterator[None]:
 def benchmark(model, tokenizer=None, *, name: str | None = None, seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
               prompt_len: int = 128, decode_tokens: int = 32, batch_size: int = 1, repeats: int = 5,
               warmup: int = 1, seed: int = 0, dtype: str = "float32", device: str = "cpu",
-              threads: int | None = None, progress: bool = False) -> BenchResult:
+              threads: int | None = None, progress: bool = False, trust_remote_code: bool = False) -> BenchResult:
     """Prefill and decode throughput, peak memory and size of one model (see the module docstring).
 
     ``threads`` sets torch's CPU thread count for the run (on a loaded machine, fewer threads
@@ -445,7 +445,7 @@ def benchmark(model, tokenizer=None, *, name: str | None = None, seq_lens: Seque
     from .api import as_loaded
 
     _check_settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup)
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     dev = input_device(loaded.model)
     method = memory_method(dev)
     m = _prepare(name or loaded.source, loaded.model, seq_lens, prompt_len, decode_tokens, batch_size, method, seed)
@@ -460,7 +460,7 @@ def compare(baseline, candidate, tokenizer=None, *, labels: tuple[str, str] = ("
             names: tuple[str | None, str | None] = (None, None), seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
             prompt_len: int = 128, decode_tokens: int = 32, batch_size: int = 1, repeats: int = 5,
             warmup: int = 1, seed: int = 0, dtype: str = "float32", device: str = "cpu",
-            threads: int | None = None, progress: bool = False) -> BenchComparison:
+            threads: int | None = None, progress: bool = False, trust_remote_code: bool = False) -> BenchComparison:
     """Measure ``candidate`` and ``baseline`` side by side in one run (interleaved); ratios are candidate/baseline.
 
     Both may be spec strings, :class:`~depthprune.models.LoadedModel` or in-memory models;
@@ -469,8 +469,8 @@ def compare(baseline, candidate, tokenizer=None, *, labels: tuple[str, str] = ("
     from .api import as_loaded
 
     _check_settings(seq_lens, prompt_len, decode_tokens, batch_size, repeats, warmup)
-    a = as_loaded(baseline, tokenizer, dtype=dtype, device=device)
-    b = as_loaded(candidate, tokenizer, dtype=dtype, device=device)
+    a = as_loaded(baseline, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    b = as_loaded(candidate, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     dev_a, dev_b = input_device(a.model), input_device(b.model)
     if dev_a.type != dev_b.type:
         raise DepthpruneError(f"the two models are on different devices ({dev_a} and {dev_b}); put them on one")

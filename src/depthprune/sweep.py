@@ -319,13 +319,19 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
           batch_size: int = 8, seed: int = 0, text_field: str = "text", ppl_seq_len: int = 512,
           ppl_max_tokens: int = 16_384, ppl_batch_size: int = 1, protect_first: int = 0, protect_last: int = 0,
           dtype: str = "float32", device: str = "cpu", progress: bool = True, laco=None,
-          tasks: str | Sequence[str] | None = None, task_options: dict | None = None) -> SweepResult:
+          tasks: str | Sequence[str] | None = None, task_options: dict | None = None,
+          trust_remote_code: bool = False) -> SweepResult:
     """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy.
     ``laco``: LaCo settings for the ``laco`` strategy (LacoSettings or "C=..,T=.." string).
     ``tasks``: lm-eval tasks run on every point (dense and each removal set), with ``task_options``
     (data_dir, limit, num_fewshot, batch_size) as in :func:`depthprune.evaluation.evaluate_tasks`."""
     from .api import as_loaded, calibration_set
 
+    from .guards.settings import check_batch_size, check_seed, check_seq_len
+
+    check_batch_size(batch_size)
+    check_batch_size(ppl_batch_size, "ppl batch size")
+    check_seed(seed)
     if isinstance(data, str):
         validate_spec(data)
     validate_spec(ppl, allow_self=False)
@@ -335,7 +341,9 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
         from .evaluation import check_tasks
 
         task_list = check_tasks(tasks, (task_options or {}).get("data_dir"))
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    check_seq_len(loaded.model, seq_len)
+    check_seq_len(loaded.model, ppl_seq_len, "--ppl-seq-len")
     total = len(layout(loaded.model).layers(loaded.model))
     chosen = sweep_counts(total, max_remove, counts)
     if loaded.tokenizer is None:
@@ -357,7 +365,7 @@ def save_sweep(result: SweepResult, out: str | Path, *, overwrite: bool = False)
     from .export import atomic_directory
     from .plots import plot_angular_heatmap, plot_sweep
 
-    with atomic_directory(out, overwrite) as tmp:
+    with atomic_directory(out, overwrite, inputs=[result.model]) as tmp:
         (tmp / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
         (tmp / "sweep.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
         plot_sweep(result, tmp / "sweep.png")

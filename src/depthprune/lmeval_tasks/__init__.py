@@ -371,6 +371,7 @@ def run_lm_eval(
     device: str | None = "cpu",
     log_samples: bool = False,
     bootstrap_iters: int = 100000,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate an in-memory transformers model with ``lm_eval.simple_evaluate``.
 
@@ -410,7 +411,8 @@ def run_lm_eval(
         if device is not None:
             model = model.to(device)
         model.eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                  trust_remote_code=bool(trust_remote_code))
         raw = lm_eval.simple_evaluate(
             model=lm,
             tasks=lm_names,
