@@ -12,12 +12,34 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DepthpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make LLMs shallower: score decoder layers, remove the least important, evaluate.")
+                  help="Make LLMs shallower: score decoder layers, remove the least important, evaluate. "
+                       "-q and --debug may go before or after the command.")
+
+
+def _flags_without_type_label() -> None:
+    """typer >= 0.20 labels value-less flags ``<bool>`` in help, as if they took a value: show no type for flags."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - older typer renders flags without a type already
+        return
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_depthprune", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._depthprune = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_type_label()
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 STATE: dict = {"debug": False, "argv": None}
@@ -28,7 +50,7 @@ def command_line() -> str:
     argv = STATE["argv"] if STATE["argv"] is not None else sys.argv[1:]
     return shlex.join(["depthprune", *argv])
 
-ModelArg = typer.Argument(..., help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id.")
+ModelArg = typer.Argument(..., metavar="MODEL", help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id.")
 DataOpt = typer.Option("builtin", "--data", help="Calibration SPEC: file/dir (.txt/.jsonl/.parquet), hf:NAME[:CONFIG][:SPLIT], builtin or self.")
 SamplesOpt = typer.Option(128, "--samples", help="Number of calibration sequences.")
 SeqLenOpt = typer.Option(512, "--seq-len", help="Tokens per calibration sequence.")
@@ -43,9 +65,19 @@ PruneMetricOpt = typer.Option(None, "--metric", help=METRIC_HELP + " Default: bi
 StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block or greedy-ppl.")
 
 
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"depthprune {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+          version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     STATE["debug"] = debug
     STATE["progress"] = not quiet
     if quiet:
@@ -273,7 +305,7 @@ def sweep(model: str = ModelArg,
 @app.command("eval")
 def eval_cmd(model: str = ModelArg,
              ppl: Optional[str] = typer.Option(None, "--ppl", help="Text SPEC to measure perplexity on."),
-             tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated (mmlu,hellaswag,piqa,arc_easy,arc_challenge,boolq,winogrande,lambada_openai,openbookqa,cmmlu)."),
+             tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated, e.g. mmlu, hellaswag, piqa, arc_easy, arc_challenge, boolq, winogrande, lambada_openai, openbookqa, cmmlu."),
              limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval: documents per task (int) or share (<1) for quick runs."),
              num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples."),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline: local copies of the task data (layout in docs/lmeval-tasks.md)."),
@@ -403,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in STATE["argv"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
+        code = _run_app(STATE["argv"])
     except DepthpruneError as exc:
         if debug:
             traceback.print_exc()
@@ -412,16 +444,101 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; no output was left behind")
         sys.exit(130)
-    except Exception as exc:  # click usage errors come here in non-standalone mode
-        import click
+    if code == 130:
+        err_console.print("interrupted; no output was left behind")
+    sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
-    sys.exit(0)
+
+# ---- usage errors, --version, -q/--debug placement (issue 8) -------------------------------------------------
+# typer >= 0.20 vendors its own copy of click (``typer._click``) and raises *those* exception classes, which are
+# not subclasses of click's; older typer raises click's. Both families are matched here. In non-standalone mode
+# click/typer return the code of an ``Exit`` (``--help`` -> 0, Ctrl-C in typer -> ``Exit(130)``) instead of
+# exiting, so the return value of ``app`` is the exit code.
+
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Accept the global flags anywhere: ``depthprune prune ... -q`` is run as ``depthprune -q prune ...``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
+def _exception_families() -> tuple[tuple, tuple, tuple, tuple]:
+    """(NoArgsIsHelp, ClickException, Abort, Exit) classes of click and of typer's vendored click, where present."""
+    import click
+
+    no_args, errors, aborts, exits = [], [click.exceptions.ClickException], [click.exceptions.Abort], [click.exceptions.Exit]
+    if hasattr(click.exceptions, "NoArgsIsHelpError"):
+        no_args.append(click.exceptions.NoArgsIsHelpError)
+    try:
+        from typer import _click as vendored
+        from typer import exceptions as typer_exceptions
+    except ImportError:  # typer < 0.20 raises click's own classes
+        pass
+    else:
+        no_args.append(vendored.exceptions.NoArgsIsHelpError)
+        errors.append(vendored.exceptions.ClickException)
+        aborts.extend(getattr(typer_exceptions, n) for n in ("Abort",) if hasattr(typer_exceptions, n))
+        exits.extend(getattr(typer_exceptions, n) for n in ("Exit",) if hasattr(typer_exceptions, n))
+    return tuple(no_args), tuple(errors), tuple(aborts), tuple(exits)
+
+
+def _run_app(argv: list[str]) -> int:
+    """Run the typer app; usage mistakes print the usage line and one sentence (exit 2), never a traceback.
+
+    A bare ``depthprune`` prints the help on stdout and exits 0 (asking for help is not an error).
+    """
+    no_args, errors, aborts, exits = _exception_families()
+    if not argv:
+        argv = ["--help"]
+    try:
+        rv = app(args=hoist_global_flags(argv), standalone_mode=False, prog_name="depthprune")
+    except no_args as exc:  # a group called without its subcommand: show the help, like a bare `depthprune`
+        ctx = getattr(exc, "ctx", None)
+        help_text = ctx.get_help() if ctx is not None else ""
+        if help_text:
+            console.print(help_text, markup=False, highlight=False)
+        return 0
+    except errors as exc:
+        _print_usage_error(exc, argv)
+        return 2
+    except aborts:
+        err_console.print("interrupted; no output was left behind")
+        return 130
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _print_usage_error(exc: Exception, argv: list[str]) -> None:
+    """``Usage: depthprune prune [OPTIONS] MODEL`` then ``error: <one sentence> (see 'depthprune prune --help')``."""
+    message = " ".join(str(exc.format_message() if hasattr(exc, "format_message") else exc).split())
+    usage, path = _usage_of(getattr(exc, "ctx", None), argv)
+    if usage:
+        err_console.print(usage, markup=False, highlight=False, soft_wrap=True)
+    hint = f" (see '{path} --help')" if path else ""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
+
+
+def _usage_of(ctx, argv: list[str]) -> tuple[str, str]:
+    """The usage line and command path of the failing command; some errors (an option missing its value) carry
+    no context, then the subcommand named in ``argv`` is looked up."""
+    if ctx is None:
+        try:
+            group = typer.main.get_command(app)
+            ctx = group.make_context("depthprune", ["--help"], resilient_parsing=True)
+            name = next((a for a in argv if not a.startswith("-")), None)
+            command = group.get_command(ctx, name) if name else None
+            if command is not None:
+                ctx = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+        except Exception:  # noqa: BLE001 - the usage line is a courtesy; the error sentence still prints
+            return "", ""
+    return " ".join(ctx.get_usage().split()), ctx.command_path
+
+
+# ---- end of the issue-8 block ----------------------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover
