@@ -14,7 +14,9 @@ ready :class:`~depthprune.data.CalibrationSet` (e.g. from
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -113,11 +115,28 @@ class PruneResult:
     bench: BenchComparison | None = None  # dense vs pruned speed, when prune(bench=True)
     evals: dict | None = None  # {"dense": ..., "pruned": ...} lm-eval results, when prune(eval_tasks=...)
 
-    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically."""
+    def save(self, out: str | Path, *, overwrite: bool = False, save_dtype: str = "auto") -> Path:
+        """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically.
+
+        ``save_dtype``: ``auto`` (default) keeps the dtype the model came in (its config's dtype; bfloat16 for a
+        quantized GGUF), or ``float32`` / ``bfloat16`` / ``float16``. The in-memory model is not changed.
+        """
         bench = self.bench.to_json() if self.bench is not None else None
-        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
-                           evals=self.evals)
+        started = time.perf_counter()
+        path = save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
+                           evals=self.evals, save_dtype=save_dtype)
+        self.report.timings["save"] = round(time.perf_counter() - started, 3)
+        return path
+
+
+@contextlib.contextmanager
+def _stage(timings: dict, name: str):
+    """Add the wall time of the block to ``timings[name]`` (seconds)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
@@ -170,7 +189,9 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     eval_options = dict(eval_options or {})
     if eval_tasks is not None:
         check_tasks(eval_tasks, eval_options.get("data_dir"))
-    loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
+    timings: dict = {}
+    with _stage(timings, "loading"):
+        loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
     total = num_layers(loaded.model.config)
     n = removal_count(total, remove=remove, ratio=ratio)
     layout(loaded.model)
@@ -182,12 +203,14 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
         calibration_settings = dict(scores.calibration)
     else:
         precomputed = None
-        calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
-                                      text_field=text_field, batch_size=batch_size, progress=progress)
+        with _stage(timings, "calibration"):
+            calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
+                                          text_field=text_field, batch_size=batch_size, progress=progress)
         calibration_settings = dict(calibration.settings)
-    chosen, first = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
-                           protect_first=protect_first, protect_last=protect_last, batch_size=batch_size, seed=seed,
-                           precomputed=precomputed, progress=progress)
+    with _stage(timings, "scoring"):
+        chosen, first = select(loaded.model, calibration, n, metric=metric, strategy=strategy,
+                               protect_first=protect_first, protect_last=protect_last, batch_size=batch_size,
+                               seed=seed, precomputed=precomputed, progress=progress)
     removed = chosen.removed
 
     ppl: dict = {}
@@ -203,34 +226,62 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
                               command=command, **eval_options)
 
     if eval_ppl is not None:
-        ppl["dense"] = measure(loaded.model)
+        with _stage(timings, "perplexity"):
+            ppl["dense"] = measure(loaded.model)
     if eval_tasks is not None:
-        evals = {"dense": tasks_of(loaded.model, "dense")}
+        with _stage(timings, "tasks"):
+            evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
     if bench:
         in_place = False  # the dense model is needed for the side-by-side measurement
-    pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
+    with _stage(timings, "surgery"):
+        pruned = remove_layers(loaded.model, removed) if in_place else pruned_copy(loaded.model, removed)
     if eval_ppl is not None:
-        ppl["pruned"] = measure(pruned)
+        with _stage(timings, "perplexity"):
+            ppl["pruned"] = measure(pruned)
     if eval_tasks is not None:
-        evals["pruned"] = tasks_of(pruned, "pruned")
+        with _stage(timings, "tasks"):
+            evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
         model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric, strategy=strategy,
         removed_layers=removed, kept_layers=sorted(set(range(total)) - set(removed)),
         num_layers_before=total, num_layers_after=total - len(removed), params_before=params_before,
         params_after=parameter_count(pruned), scores=list(first.scores) if first else [],
         calibration=calibration_settings, protect_first=protect_first, protect_last=protect_last, perplexity=ppl,
-        selection={"order": chosen.order, **chosen.details}, command=command,
+        selection={"order": chosen.order or _one_shot_order(removed, first), **chosen.details}, command=command,
+        source=_source_info(loaded), timings=timings,
     )
     comparison = None
     if bench:
         from .speed import compare
 
-        comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
-                             names=(loaded.source, f"{loaded.source} minus layers {removed}"),
-                             progress=progress, **(bench_options or {}))
+        with _stage(timings, "bench"):
+            comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
+                                 names=(loaded.source, f"{loaded.source} minus layers {removed}"),
+                                 progress=progress, **(bench_options or {}))
         comparison.command = command
     return PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
+
+
+def _one_shot_order(removed: list[int], first: MetricScores | None) -> list[int]:
+    """One-shot removes all at once; its order is the chosen layers from least to most important."""
+    if first is None or not first.scores:
+        return list(removed)
+    return sorted(removed, key=lambda i: (first.scores[i], i))
+
+
+def _source_info(loaded: LoadedModel) -> dict:
+    """Where the weights came from, for the saved checkpoint's dtype and the model card's lineage."""
+    from .models import declared_dtype
+
+    info = {key: loaded.info.get(key) for key in ("kind", "source_dtype", "upstream", "description")
+            if loaded.info.get(key) is not None}
+    if "source_dtype" not in info:
+        info["source_dtype"] = declared_dtype(loaded.model.config) or str(
+            next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    if info.get("kind") == "hub":
+        info["hub_id"] = loaded.source
+    return info
 
 
 def sweep(model, tokenizer=None, **kwargs):

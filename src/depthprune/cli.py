@@ -170,7 +170,8 @@ def prune(model: str = ModelArg,
           eval_limit: Optional[float] = typer.Option(None, "--eval-limit", help="lm-eval documents per task (int) or share (<1)."),
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+          save_dtype: str = typer.Option("auto", "--save-dtype", help="Dtype of the saved weights: auto (the dtype the model came in; bfloat16 for a quantized GGUF), float32, bfloat16 or float16.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers."""
     from .api import prune as api_prune
     from .export import check_output_dir
@@ -178,9 +179,13 @@ def prune(model: str = ModelArg,
 
     from .strategies import resolve
 
+    from .export import SAVE_DTYPES
+
     check_output_dir(out, overwrite)
     if remove is None and ratio is None:
         raise DepthpruneError("give --remove N or --ratio R")
+    if save_dtype not in SAVE_DTYPES:
+        raise DepthpruneError(f"unknown --save-dtype '{save_dtype}': use auto, float32, bfloat16 or float16")
     resolve(metric, strategy)  # a bad metric/strategy combination fails before loading the model
     bench_options = {"seq_lens": parse_seq_lens(bench_seq_lens), "decode_tokens": bench_decode_tokens,
                      "repeats": bench_repeats, "threads": bench_threads}
@@ -213,8 +218,18 @@ def prune(model: str = ModelArg,
         _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
-    result.save(out, overwrite=overwrite)
-    console.print(f"saved pruned checkpoint to {out}")
+    result.save(out, overwrite=overwrite, save_dtype=save_dtype)
+    console.print(f"saved pruned checkpoint to {out} ({report.save_dtype}, "
+                  f"{report.checkpoint_bytes / 1e6:,.1f} MB of weights)")
+    console.print(_timings_line(report.timings), highlight=False)
+
+
+def _timings_line(timings: dict) -> str:
+    """``time: loading 3.2 s, calibration 1.0 s, ... (total 41.7 s)`` in pipeline order."""
+    order = ("loading", "calibration", "scoring", "surgery", "perplexity", "tasks", "bench", "save")
+    names = [n for n in order if n in timings] + [n for n in timings if n not in order]
+    parts = ", ".join(f"{n} {timings[n]:.1f} s" for n in names)
+    return f"time: {parts} (total {sum(timings.values()):.1f} s)"
 
 
 def _print_task_results(by_role: dict, title: str) -> None:

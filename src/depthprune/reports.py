@@ -63,6 +63,10 @@ class PruneReport:
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
     command: str | None = None  # the command line that produced it (None: made through the Python API)
+    source: dict = field(default_factory=dict)  # kind (demo/gguf/local/hub/in-memory), source_dtype, upstream Hub id
+    timings: dict = field(default_factory=dict)  # seconds per stage: loading, calibration, scoring, perplexity, ...
+    save_dtype: str | None = None  # dtype of the saved weights (set by save)
+    checkpoint_bytes: int | None = None  # size of the saved weight files on disk (set by save)
 
     def to_json(self) -> dict:
         return asdict(self)
