@@ -115,7 +115,7 @@ def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Pat
     for k, (label, color) in enumerate((("measured", "#2ca02c"), ("ideal (FLOPs)", "#7f7f7f"))):
         values = [r[1 + k] or 0.0 for r in rows]
         bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, labels=["n/a" if r[1 + k] is None else f"{r[1 + k]:.2f}" for r in rows], fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylim(0, max([v or 0.0 for r in rows for v in r[1:]] + [1.0]) * 1.25)
     ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)

@@ -28,7 +28,7 @@ from pathlib import Path
 from .errors import DepthpruneError
 from .export import model_card, write_file_atomic
 from .plots import plot_layer_scores, plot_quality, plot_speed
-from .summary import Table, eval_tasks, quality_table, speed_table, task_rows
+from .summary import workload_noise, Table, eval_tasks, quality_table, speed_table, task_rows
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,10 @@ def _make_plots(inputs: ReportInputs, folder: Path) -> dict[str, Path]:
         rows = []
         for r in inputs.bench["ratios"]["workloads"].values():
             label = f"prefill {r['seq_len']}" if r["kind"] == "prefill" else f"decode {r['new_tokens']}"
-            rows.append((label, r.get("speedup"), r.get("ideal_speedup")))
+            noisy, _ = workload_noise(r)
+            if noisy:
+                label += "\n(unreliable)"
+            rows.append((label, None if noisy else r.get("speedup"), r.get("ideal_speedup")))
         out["speed"] = plot_speed(rows, folder / "report_speed.png",
                                   title="speedup of the pruned model (measured vs ideal from FLOPs)")
     return out
