@@ -98,9 +98,11 @@ def _score_table(scores: list[float], removed: set[int], metric: str) -> Table:
     table.add_column("layer", justify="right")
     table.add_column(metric, justify="right")
     table.add_column("rank", justify="right")
-    table.add_column("")
+    if removed:  # the decision column only when there is a decision (prune, or score --strategy --remove)
+        table.add_column("decision")
     for i, value in enumerate(scores):
-        table.add_row(str(i), f"{value:.5f}", str(rank[i]), "[red]removed[/red]" if i in removed else "")
+        cells = [str(i), f"{value:.5f}", str(rank[i])]
+        table.add_row(*cells, *(["[red]removed[/red]" if i in removed else "kept"] if removed else []))
     return table
 
 

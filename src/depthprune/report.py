@@ -234,8 +234,8 @@ def _make_plots(inputs: ReportInputs, folder: Path) -> dict[str, Path]:
         ppl_pair = (ppl["dense"]["ppl"], ppl["pruned"]["ppl"])
     tasks = [(f"{t} {m}", d, p) for t, m, d, _, p, _ in task_rows(inputs.evals)]
     if ppl_pair or tasks:
-        out["quality"] = plot_quality(ppl_pair, tasks, folder / "report_quality.png",
-                                      title="dense vs pruned")
+        source = ((ppl.get("dense") or {}).get("settings") or {}).get("source", "")
+        out["quality"] = plot_quality(ppl_pair, tasks, folder / "report_quality.png", ppl_source=source)
     if inputs.bench:
         rows = []
         for r in inputs.bench["ratios"]["workloads"].values():
@@ -270,7 +270,9 @@ def render_markdown(inputs: ReportInputs, images: dict[str, str]) -> str:
     if "quality" in images:
         lines += [f"![quality]({images['quality']})", ""]
     if inputs.evals is None:
-        lines += ["No task accuracy yet: put lm-eval results in `eval/*.json` (see docs/report.md).", ""]
+        lines += ["No task accuracy yet: run `depthprune eval DIR --tasks piqa,hellaswag --role pruned` and "
+                  "`depthprune eval DENSE --tasks piqa,hellaswag --role dense --results DIR/eval`, or "
+                  "`depthprune prune ... --eval-tasks piqa,hellaswag`, then `depthprune report DIR` again.", ""]
     lines += ["## Speed", ""]
     speed = speed_table(inputs.bench)
     if speed is None:
@@ -324,7 +326,10 @@ def render_html(inputs: ReportInputs, images: dict[str, Path]) -> str:
              _removed_table(prune).to_html(),
              "<h2>Quality</h2>", quality_table(prune, inputs.evals).to_html(), img("quality", "quality")]
     if inputs.evals is None:
-        parts.append("<p class='note'>No task accuracy yet: put lm-eval results in eval/*.json.</p>")
+        parts.append("<p class='note'>No task accuracy yet: run <code>depthprune eval DIR --tasks piqa,hellaswag "
+                     "--role pruned</code> and <code>depthprune eval DENSE --tasks piqa,hellaswag --role dense "
+                     "--results DIR/eval</code>, or <code>depthprune prune ... --eval-tasks piqa,hellaswag</code>, "
+                     "then <code>depthprune report DIR</code> again.</p>")
     parts.append("<h2>Speed</h2>")
     speed = speed_table(inputs.bench)
     if speed is None:
