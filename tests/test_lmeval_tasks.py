@@ -325,7 +325,7 @@ def test_prepare_writes_only_into_work_dir(tmp_path):
 
 def test_missing_lm_eval_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(ImportError, match=re.escape("pip install 'depthprune[eval]'")) as info:
+    with pytest.raises(ImportError, match=re.escape("python3 -m pip install -e '.[eval]'")) as info:
         run_lm_eval(object(), object(), ["piqa"])
     assert isinstance(info.value, lt.LmEvalNotInstalledError)
 
