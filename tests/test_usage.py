@@ -72,7 +72,8 @@ def test_help_shows_no_type_for_flags_and_no_truncation():
     assert result.returncode == 0
     assert "<bool>" not in result.stdout
     assert "--overwrite" in result.stdout and "--bench" in result.stdout
-    assert "…" not in run("eval", "--help").stdout
+    for command in ("score", "prune", "sweep", "eval", "bench", "report"):
+        assert "…" not in run(command, "--help").stdout, command
 
 
 def test_hoist_global_flags_keeps_everything_after_double_dash():

@@ -272,7 +272,9 @@ def sweep(model: str = ModelArg,
           out: Path = typer.Option(..., "--out", help="Output directory: sweep.csv, sweep.json, sweep.png, angular_heatmap.png."),
           ppl: str = typer.Option(..., "--ppl", help="Text SPEC to measure perplexity on."),
           metrics: str = typer.Option("bi,angular,relative-magnitude,ppl,taylor,reverse-order,random", "--metrics",
-                                      help="Comma-separated metrics."),
+                                      show_default=False,  # spelled out with spaces so it wraps instead of being cut
+                                      help="Comma-separated metrics [default: bi, angular, relative-magnitude, ppl, "
+                                           "taylor, reverse-order, random]."),
           strategies: str = typer.Option("one-shot", "--strategies",
                                          help="Comma-separated strategies: one-shot, iterative, block, greedy-ppl."),
           max_remove: Optional[int] = typer.Option(None, "--max-remove", help="Remove 1..N layers."),
