@@ -85,9 +85,9 @@ def write_file_atomic(path: Path | str, writer) -> Path:
 
 
 def _base_model_id(report: PruneReport) -> str | None:
-    """A Hub id only when the source is one (a Hub id, or a demo alias quantized from a known Hub model)."""
-    source = report.source or {}
-    return source.get("hub_id") or source.get("upstream")
+    """A Hub id only when the source was loaded from the Hub. A demo alias's upstream model is only what its
+    GGUF's file name says, so it goes in the card's text, not in the metadata the Hub trusts."""
+    return (report.source or {}).get("hub_id")
 
 
 def card_front_matter(report: PruneReport) -> list[str]:
@@ -110,7 +110,8 @@ def base_model_line(report: PruneReport) -> str:
         return f"[{report.model}](https://huggingface.co/{report.model}){dtype_note}."
     if kind == "demo":
         upstream = source.get("upstream")
-        link = f", quantized from [{upstream}](https://huggingface.co/{upstream})" if upstream else ""
+        link = (f", a GGUF quantization of [{upstream}](https://huggingface.co/{upstream}) according to its "
+                "file name" if upstream else "")
         return f"depthprune demo alias `{report.model}` ({source.get('description', 'GGUF')}){link}."
     if kind == "gguf":
         return f"local GGUF file `{report.model}`{dtype_note} (not a Hub id; dequantized for pruning)."

@@ -58,7 +58,7 @@ class DemoModel:
     locate: Callable[[], Path]
     package: str
     description: str
-    upstream: str | None = None  # the Hub id of the model the GGUF was quantized from (model card lineage)
+    upstream: str | None = None  # the Hub model the GGUF file name says it quantizes (model card text only)
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
