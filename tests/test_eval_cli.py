@@ -4,12 +4,11 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import TASK_DATA
 from test_cli import assert_user_error, run
 from tiny import tiny_checkpoint
 
 pytest.importorskip("lm_eval")
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "piqa").is_dir(), reason="needs ../shared/data")
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +17,7 @@ def model(tmp_path_factory):
 
 
 def test_eval_tasks_writes_json_with_versions(model, tmp_path):
-    result = run("eval", model, "--tasks", "piqa,boolq", "--limit", 4, "--data-dir", SHARED_DATA,
+    result = run("eval", model, "--tasks", "piqa,boolq", "--limit", 4, "--data-dir", TASK_DATA,
                  "--results", tmp_path)
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "dense-piqa_boolq.json").read_text())
@@ -34,7 +33,7 @@ def test_eval_tasks_writes_json_with_versions(model, tmp_path):
 def test_prune_eval_tasks_side_by_side_and_report(model, tmp_path):
     out = tmp_path / "pruned"
     result = run("prune", model, "--remove", 1, "--samples", 2, "--seq-len", 32, "--eval-tasks", "piqa",
-                 "--eval-limit", 3, "--eval-data-dir", SHARED_DATA, "--out", out)
+                 "--eval-limit", 3, "--eval-data-dir", TASK_DATA, "--out", out)
     assert result.returncode == 0, result.stderr
     dense = json.loads((out / "eval" / "dense.json").read_text())
     pruned = json.loads((out / "eval" / "pruned.json").read_text())
@@ -46,7 +45,7 @@ def test_prune_eval_tasks_side_by_side_and_report(model, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--tasks", "nosuchtask", "--data-dir", SHARED_DATA], "unknown task 'nosuchtask'"),
+    (["--tasks", "nosuchtask", "--data-dir", TASK_DATA], "unknown task 'nosuchtask'"),
     (["--tasks", "piqa", "--data-dir", "/no/such/dir"], "does not exist"),
     ([], "give --ppl SPEC and/or --tasks"),
 ])

@@ -14,7 +14,9 @@ ready :class:`~depthprune.data.CalibrationSet` (e.g. from
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -139,13 +141,30 @@ class PruneResult:
     bench: BenchComparison | None = None  # dense vs pruned speed, when prune(bench=True)
     evals: dict | None = None  # {"dense": ..., "pruned": ...} lm-eval results, when prune(eval_tasks=...)
 
-    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically."""
+    def save(self, out: str | Path, *, overwrite: bool = False, save_dtype: str = "auto") -> Path:
+        """Save checkpoint, tokenizer, depthprune.json, model card, plot (bench.json, eval/*.json) into ``out`` atomically.
+
+        ``save_dtype``: ``auto`` (default) keeps the dtype the model came in (its config's dtype; bfloat16 for a
+        quantized GGUF), or ``float32`` / ``bfloat16`` / ``float16``. The in-memory model is not changed.
+        """
         if self.model is None:  # scale (issue 12): pruned on disk by api.run with offload, already written
             raise DepthpruneError("this result was pruned on disk (offload) and is already saved at its output path")
         bench = self.bench.to_json() if self.bench is not None else None
-        return save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
-                           evals=self.evals)
+        started = time.perf_counter()
+        path = save_pruned(self.model, self.tokenizer, self.report, out, overwrite=overwrite, bench=bench,
+                           evals=self.evals, save_dtype=save_dtype)
+        self.report.timings["save"] = round(time.perf_counter() - started, 3)
+        return path
+
+
+@contextlib.contextmanager
+def _stage(timings: dict, name: str):
+    """Add the wall time of the block to ``timings[name]`` (seconds)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def evaluate_perplexity(model, tokenizer=None, spec: str = "builtin:heldout", *, seq_len: int = 512,
@@ -279,8 +298,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         report = prune_offloaded(recipe, scores=scores, calibration=calibration, command=command, progress=progress)
         return PruneResult(None, None, report)
     # --- end scale ---
-    loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device,
-                       trust_remote_code=rt.trust_remote_code)
+    timings: dict = {}
+    with _stage(timings, "loading"):
+        loaded = as_loaded(model if model is not None else recipe.model, tokenizer, dtype=rt.dtype, device=rt.device,
+                           trust_remote_code=rt.trust_remote_code)
     total = num_layers(loaded.model.config)
     layout(loaded.model)
     if not explicit and scores is None and calibration is None:
@@ -305,15 +326,17 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
             calibration_settings = dict(scores.calibration)
         else:
             precomputed = None
-            calibration = calibration_set(loaded, calibration if calibration is not None else cal.data,
-                                          samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
-                                          text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
+            with _stage(timings, "calibration"):
+                calibration = calibration_set(loaded, calibration if calibration is not None else cal.data,
+                                              samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
+                                              text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
             calibration_settings = dict(calibration.settings)
-        chosen, first = select(loaded.model, calibration if scores is None else None, n, metric=metric,
-                               strategy=sel.strategy, protect_first=sel.protect_first, protect_last=sel.protect_last,
-                               batch_size=cal.batch_size, seed=cal.seed, precomputed=precomputed, progress=progress,
-                               laco=sel.laco)
-        removed, order, details = chosen.removed, chosen.order, chosen.details
+        with _stage(timings, "scoring"):
+            chosen, first = select(loaded.model, calibration if scores is None else None, n, metric=metric,
+                                   strategy=sel.strategy, protect_first=sel.protect_first,
+                                   protect_last=sel.protect_last, batch_size=cal.batch_size, seed=cal.seed,
+                                   precomputed=precomputed, progress=progress, laco=sel.laco)
+        removed, order, details = chosen.removed, chosen.order or _one_shot_order(chosen.removed, first), chosen.details
 
     # --- GGUF output (issue 9 section 1): refuse removals the GGUF cannot represent before evaluating
     gguf_source = None
@@ -345,16 +368,19 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
 
         check_repairable(recipe.repair, loaded.model, removed)
     if ev.ppl is not None:
-        ppl["dense"] = measure(loaded.model)
+        with _stage(timings, "perplexity"):
+            ppl["dense"] = measure(loaded.model)
     if ev.tasks is not None:
-        evals = {"dense": tasks_of(loaded.model, "dense")}
+        with _stage(timings, "tasks"):
+            evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
     # the dense model is needed for the side-by-side measurement, and by repair (activations, teacher)
     keep_dense = ev.bench or not in_place or repairing
-    if explicit:
-        pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
-    else:  # laco: merged, then removed
-        pruned = apply_selection(loaded.model, chosen, in_place=not keep_dense)
+    with _stage(timings, "surgery"):
+        if explicit:
+            pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
+        else:  # laco: merged, then removed
+            pruned = apply_selection(loaded.model, chosen, in_place=not keep_dense)
     repair_report = None
     if repairing:  # --- repair stage (issue 10) ---
         from .repair.stage import run_repair
@@ -364,16 +390,21 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         if "linear" in recipe.repair.methods and calibration is None:
             calibration = calibration_set(loaded, cal.data, samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
                                           text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
-        pruned, repair_report = run_repair(recipe.repair, loaded.model, pruned, removed, calibration=calibration,
-                                           tokenizer=loaded.tokenizer, batch_size=cal.batch_size, progress=progress)
+        with _stage(timings, "repair"):
+            pruned, repair_report = run_repair(recipe.repair, loaded.model, pruned, removed, calibration=calibration,
+                                               tokenizer=loaded.tokenizer, batch_size=cal.batch_size,
+                                               progress=progress)
     if recipe.quantization.method is not None:  # quantize stage (formats.quantize): evaluated and saved quantized
         from .formats.quantize import quantize_model
 
-        pruned = quantize_model(pruned, recipe.quantization.method, group_size=recipe.quantization.group_size)
+        with _stage(timings, "quantization"):
+            pruned = quantize_model(pruned, recipe.quantization.method, group_size=recipe.quantization.group_size)
     if ev.ppl is not None:
-        ppl["pruned"] = measure(pruned)
+        with _stage(timings, "perplexity"):
+            ppl["pruned"] = measure(pruned)
     if ev.tasks is not None:
-        evals["pruned"] = tasks_of(pruned, "pruned")
+        with _stage(timings, "tasks"):
+            evals["pruned"] = tasks_of(pruned, "pruned")
     report = PruneReport(
         model=loaded.source, model_type=loaded.info.get("model_type"), metric=metric or "given",
         strategy="given" if explicit else sel.strategy,
@@ -382,15 +413,16 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         params_after=parameter_count(pruned), scores=list(first.scores) if first else list(scores.scores) if scores else [],
         calibration=calibration_settings, protect_first=sel.protect_first, protect_last=sel.protect_last,
         perplexity=ppl, selection={"order": order, **details}, command=command, recipe=recipe.to_json(),
-        repair=repair_report,
+        repair=repair_report, source=_source_info(loaded), timings=timings,
     )
     comparison = None
     if ev.bench:
         from .speed import compare
 
-        comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
-                             names=(loaded.source, f"{loaded.source} minus layers {removed}"),
-                             progress=progress, **ev.bench_options)
+        with _stage(timings, "bench"):
+            comparison = compare(loaded.model, pruned, labels=("dense", "pruned"),
+                                 names=(loaded.source, f"{loaded.source} minus layers {removed}"),
+                                 progress=progress, **ev.bench_options)
         comparison.command = command
     result = PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
     if gguf_source is not None:  # GGUF output (issue 9 section 1): cut from the original file's bytes
@@ -403,8 +435,31 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
 
         save_pruned_gguf(result, out.path, gguf_type=out.gguf_type, overwrite=out.overwrite)
     elif out.path is not None:
-        result.save(out.path, overwrite=out.overwrite)
+        # quantized weights are saved as they are (a cast would dequantize them)
+        save_dtype = out.save_dtype if recipe.quantization.method is None else rt.dtype
+        result.save(out.path, overwrite=out.overwrite, save_dtype=save_dtype)
     return result
+
+
+def _one_shot_order(removed: list[int], first: MetricScores | None) -> list[int]:
+    """One-shot removes all at once; its order is the chosen layers from least to most important."""
+    if first is None or not first.scores:
+        return list(removed)
+    return sorted(removed, key=lambda i: (first.scores[i], i))
+
+
+def _source_info(loaded: LoadedModel) -> dict:
+    """Where the weights came from, for the saved checkpoint's dtype and the model card's lineage."""
+    from .models import declared_dtype
+
+    info = {key: loaded.info.get(key) for key in ("kind", "source_dtype", "upstream", "description")
+            if loaded.info.get(key) is not None}
+    if "source_dtype" not in info:
+        info["source_dtype"] = declared_dtype(loaded.model.config) or str(
+            next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    if info.get("kind") == "hub":
+        info["hub_id"] = loaded.source
+    return info
 
 
 def sweep(model, tokenizer=None, **kwargs):

@@ -18,7 +18,28 @@ from rich.text import Text
 from .errors import DepthpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make LLMs shallower: score decoder layers, remove the least important, evaluate.")
+                  help="Make LLMs shallower: score decoder layers, remove the least important, evaluate. "
+                       "-q and --debug may go before or after the command.")
+
+
+def _flags_without_type_label() -> None:
+    """typer >= 0.20 labels value-less flags ``<bool>`` in help, as if they took a value: show no type for flags."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - older typer renders flags without a type already
+        return
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_depthprune", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._depthprune = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_type_label()
 # markup=False, emoji=False (issue 7): no user-supplied string (paths, specs, model names) is ever read as rich markup.
 # soft_wrap=True: long lines (paths) are never broken by inserted newlines.
 console = Console(stderr=False, markup=False, emoji=False, soft_wrap=True)
@@ -31,7 +52,7 @@ def command_line() -> str:
     argv = STATE["argv"] if STATE["argv"] is not None else sys.argv[1:]
     return shlex.join(["depthprune", *argv])
 
-ModelArg = typer.Argument(..., help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id.")
+ModelArg = typer.Argument(..., metavar="MODEL", help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id.")
 DataOpt = typer.Option("builtin", "--data", help="Calibration SPEC: file/dir (.txt/.jsonl/.parquet), hf:NAME[:CONFIG][:SPLIT], builtin or self.")
 SamplesOpt = typer.Option(128, "--samples", help="Number of calibration sequences.")
 SeqLenOpt = typer.Option(512, "--seq-len", help="Tokens per calibration sequence.")
@@ -49,9 +70,19 @@ TrustOpt = typer.Option(False, "--trust-remote-code",
                         help="Allow a model's own Python code (auto_map) to run. Off by default: such models are refused.")
 
 
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"depthprune {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+          version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     STATE["debug"] = debug
     STATE["progress"] = not quiet
     if quiet:
@@ -72,9 +103,12 @@ def _score_table(scores: list[float], removed: set[int], metric: str) -> Table:
     table.add_column("layer", justify="right")
     table.add_column(metric, justify="right")
     table.add_column("rank", justify="right")
-    table.add_column("")
+    if removed:  # the decision column only when there is a decision (prune, or score --strategy --remove)
+        table.add_column("decision")
     for i, value in enumerate(scores):
-        table.add_row(str(i), f"{value:.5f}", str(rank[i]), Text("removed", style="red") if i in removed else "")
+        cells = [str(i), f"{value:.5f}", str(rank[i])]
+        decision = [Text("removed", style="red") if i in removed else "kept"] if removed else []
+        table.add_row(*cells, *decision)
     return table
 
 
@@ -182,7 +216,7 @@ PRUNE_FLAGS = {
     "eval_data_dir": ("evaluation", "data_dir"), "bench": ("evaluation", "bench"),
     "out": ("output", "path"), "overwrite": ("output", "overwrite"),
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
-    "trust_remote_code": ("runtime", "trust_remote_code"),
+    "trust_remote_code": ("runtime", "trust_remote_code"), "save_dtype": ("output", "save_dtype"),
     "laco": ("selection", "laco"),  # issue 11
     "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
     "scores_file": ("selection", "scores"),
@@ -297,6 +331,7 @@ def prune(ctx: typer.Context,
           gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF precision when a non-GGUF model is exported with --format gguf: f32, f16, bf16, q8_0."),
           quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only quantization of the pruned model (torchao): int8 or int4."),
           quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4."),
+          save_dtype: str = typer.Option("auto", "--save-dtype", help="Dtype of the saved weights: auto (the dtype the model came in; bfloat16 for a quantized GGUF), float32, bfloat16 or float16."),
           trust_remote_code: bool = TrustOpt) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
@@ -344,9 +379,23 @@ def prune(ctx: typer.Context,
         from .formats.gguf_prune import gguf_output_paths
 
         console.print(f"saved pruned GGUF to {gguf_output_paths(recipe.output.path)[0]}")
+    elif report.checkpoint_bytes is not None:
+        quant = f"{recipe.quantization.method} weights, " if recipe.quantization.method else ""
+        console.print(f"saved pruned checkpoint to {recipe.output.path} ({quant}{report.save_dtype}, "
+                      f"{report.checkpoint_bytes / 1e6:,.1f} MB of weights)")
     else:
-        quant = f" ({recipe.quantization.method} weights)" if recipe.quantization.method else ""
-        console.print(f"saved pruned checkpoint{quant} to {recipe.output.path}")
+        console.print(f"saved pruned checkpoint to {recipe.output.path}")
+    if report.timings:
+        console.print(_timings_line(report.timings), highlight=False)
+
+
+def _timings_line(timings: dict) -> str:
+    """``time: loading 3.2 s, calibration 1.0 s, ... (total 41.7 s)`` in pipeline order."""
+    order = ("loading", "calibration", "scoring", "surgery", "repair", "quantization", "perplexity", "tasks", "bench",
+             "save")
+    names = [n for n in order if n in timings] + [n for n in timings if n not in order]
+    parts = ", ".join(f"{n} {timings[n]:.1f} s" for n in names)
+    return f"time: {parts} (total {sum(timings.values()):.1f} s)"
 
 
 def _print_task_results(by_role: dict, title: str) -> None:
@@ -387,7 +436,9 @@ def sweep(model: str = ModelArg,
           out: Path = typer.Option(..., "--out", help="Output directory: sweep.csv, sweep.json, sweep.png, angular_heatmap.png."),
           ppl: str = typer.Option(..., "--ppl", help="Text SPEC to measure perplexity on."),
           metrics: str = typer.Option("bi,angular,relative-magnitude,ppl,taylor,reverse-order,random", "--metrics",
-                                      help="Comma-separated metrics."),
+                                      show_default=False,  # spelled out with spaces so it wraps instead of being cut
+                                      help="Comma-separated metrics [default: bi, angular, relative-magnitude, ppl, "
+                                           "taylor, reverse-order, random]."),
           strategies: str = typer.Option("one-shot", "--strategies",
                                          help="Comma-separated strategies: one-shot, iterative, block, greedy-ppl."),
           max_remove: Optional[int] = typer.Option(None, "--max-remove", help="Remove 1..N layers."),
@@ -461,7 +512,7 @@ def sweep(model: str = ModelArg,
 @app.command("eval")
 def eval_cmd(model: str = ModelArg,
              ppl: Optional[str] = typer.Option(None, "--ppl", help="Text SPEC to measure perplexity on."),
-             tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated (mmlu,hellaswag,piqa,arc_easy,arc_challenge,boolq,winogrande,lambada_openai,openbookqa,cmmlu)."),
+             tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks, comma-separated, e.g. mmlu, hellaswag, piqa, arc_easy, arc_challenge, boolq, winogrande, lambada_openai, openbookqa, cmmlu."),
              limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval: documents per task (int) or share (<1) for quick runs."),
              num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples."),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline: local copies of the task data (layout in docs/lmeval-tasks.md)."),
@@ -711,7 +762,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _prepare_run()
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = _run_app(STATE["argv"])
         if code == 130:  # issue 7: typer turns Ctrl-C (and our SIGTERM exception) into a returned 130
             _interrupted(None, debug)
     # ---- issue 7: user errors, interrupts, errors escaping from files (keep this block together) ----
@@ -724,18 +775,102 @@ def main(argv: list[str] | None = None) -> None:
         if sentence is None:
             _internal_error(exc, debug)
         _refuse(sentence, debug)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: one line, traceback with --debug
+        _internal_error(exc, debug)
     # ---- end issue 7 ----
-    except Exception as exc:  # click usage errors come here in non-standalone mode
-        import click
+    sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            cause = exc.__cause__ or exc.__context__  # issue 7: click turns Ctrl-C (and SIGTERM) into Abort
-            _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt(), debug)
-        _internal_error(exc, debug)  # issue 7
-    sys.exit(0)
+
+# ---- usage errors, --version, -q/--debug placement (issue 8) -------------------------------------------------
+# typer >= 0.20 vendors its own copy of click (``typer._click``) and raises *those* exception classes, which are
+# not subclasses of click's; older typer raises click's. Both families are matched here. In non-standalone mode
+# click/typer return the code of an ``Exit`` (``--help`` -> 0, Ctrl-C in typer -> ``Exit(130)``) instead of
+# exiting, so the return value of ``app`` is the exit code.
+
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Accept the global flags anywhere: ``depthprune prune ... -q`` is run as ``depthprune -q prune ...``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
+def _exception_families() -> tuple[tuple, tuple, tuple, tuple]:
+    """(NoArgsIsHelp, ClickException, Abort, Exit) classes of click and of typer's vendored click, where present."""
+    import click
+
+    no_args, errors, aborts, exits = [], [click.exceptions.ClickException], [click.exceptions.Abort], [click.exceptions.Exit]
+    if hasattr(click.exceptions, "NoArgsIsHelpError"):
+        no_args.append(click.exceptions.NoArgsIsHelpError)
+    try:
+        from typer import _click as vendored
+        from typer import exceptions as typer_exceptions
+    except ImportError:  # typer < 0.20 raises click's own classes
+        pass
+    else:
+        no_args.append(vendored.exceptions.NoArgsIsHelpError)
+        errors.append(vendored.exceptions.ClickException)
+        aborts.extend(getattr(typer_exceptions, n) for n in ("Abort",) if hasattr(typer_exceptions, n))
+        exits.extend(getattr(typer_exceptions, n) for n in ("Exit",) if hasattr(typer_exceptions, n))
+    return tuple(no_args), tuple(errors), tuple(aborts), tuple(exits)
+
+
+def _run_app(argv: list[str]) -> int:
+    """Run the typer app; usage mistakes print the usage line and one sentence (exit 2), never a traceback.
+
+    A bare ``depthprune`` prints the help on stdout and exits 0 (asking for help is not an error).
+    """
+    no_args, errors, aborts, exits = _exception_families()
+    if not argv:
+        argv = ["--help"]
+    try:
+        rv = app(args=hoist_global_flags(argv), standalone_mode=False, prog_name="depthprune")
+    except no_args as exc:  # a group called without its subcommand: show the help, like a bare `depthprune`
+        ctx = getattr(exc, "ctx", None)
+        help_text = ctx.get_help() if ctx is not None else ""
+        if help_text:
+            console.print(help_text, markup=False, highlight=False)
+        return 0
+    except errors as exc:
+        _print_usage_error(exc, argv)
+        return 2
+    except aborts as exc:  # click turns Ctrl-C (and our SIGTERM exception) into Abort
+        cause = exc.__cause__ or exc.__context__
+        raise cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt() from None
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _print_usage_error(exc: Exception, argv: list[str]) -> None:
+    """``Usage: depthprune prune [OPTIONS] MODEL`` then ``error: <one sentence> (see 'depthprune prune --help')``."""
+    message = " ".join(str(exc.format_message() if hasattr(exc, "format_message") else exc).split())
+    usage, path = _usage_of(getattr(exc, "ctx", None), argv)
+    if usage:
+        err_console.print(usage, markup=False, highlight=False, soft_wrap=True)
+    hint = f" (see '{path} --help')" if path else ""
+    err_console.print(Text.assemble(("error:", "bold red"), f" {message}{hint}"), highlight=False, soft_wrap=True)
+
+
+def _usage_of(ctx, argv: list[str]) -> tuple[str, str]:
+    """The usage line and command path of the failing command; some errors (an option missing its value) carry
+    no context, then the subcommand named in ``argv`` is looked up."""
+    if ctx is None:
+        try:
+            group = typer.main.get_command(app)
+            ctx = group.make_context("depthprune", ["--help"], resilient_parsing=True)
+            name = next((a for a in argv if not a.startswith("-")), None)
+            command = group.get_command(ctx, name) if name else None
+            if command is not None:
+                ctx = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+        except Exception:  # noqa: BLE001 - the usage line is a courtesy; the error sentence still prints
+            return "", ""
+    return " ".join(ctx.get_usage().split()), ctx.command_path
+
+
+# ---- end of the issue-8 block ----------------------------------------------------------------------------------
 
 
 # ---- issue 7: error handling helpers used by main() ----
@@ -747,6 +882,14 @@ def _prepare_run() -> None:
     _FIRST_SEEN.clear()
     RECEIVED.clear()
     install_sigterm_handler()
+    if "--debug" not in (STATE["argv"] or []):
+        # optional libraries that transformers imports on its own (torchao: quantization) log import-time
+        # noise about kernels this machine lacks; it is not the user's business unless --debug
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 def _refuse(sentence: str, debug: bool) -> None:

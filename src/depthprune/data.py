@@ -312,8 +312,17 @@ def _hf_texts(spec: str, text_field: str) -> Iterator[str]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DepthpruneError(f"could not load dataset '{spec}': {first}") from None
     skipped = 0
+    rows = iter(ds)
     try:
-        for row in ds:
+        while True:
+            try:  # streaming reads over the network as it goes: a lost connection is the user's one sentence too
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - datasets/fsspec/aiohttp raise many types
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DepthpruneError(f"could not read dataset '{spec}': {first}; check the network or use a "
+                                      "local file") from None
             if text_field not in row:
                 raise DepthpruneError(f"dataset '{spec}' has no '{text_field}' field; pick it with --text-field")
             text = _field_value(row[text_field], f"dataset '{spec}'", text_field)

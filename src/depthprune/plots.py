@@ -17,31 +17,74 @@ def _pyplot():
 
 def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[int] = (), metric: str = "bi",
                       title: str = "") -> Path:
-    """Bar chart of one score per layer (0-based), removed layers highlighted."""
+    """Score per layer (0-based), removed layers in red, and the decision made visible.
+
+    Left: every layer on a log axis (when all scores are positive), so the middle layers are not squashed by
+    the first and last ones, with the cut-off line at the highest removed score. Right (when layers were
+    removed): the candidates around the cut-off, sorted by score: every removed layer and the next kept ones,
+    on a linear axis, so one sees by how much each removed layer beat its kept neighbours.
+    """
     plt = _pyplot()
+    scores = list(scores)
     removed_set = set(removed)
-    colors = ["#d62728" if i in removed_set else "#1f77b4" for i in range(len(scores))]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(scores) + 2), 3.6), dpi=120)
+    red, blue = "#d62728", "#1f77b4"
+    colors = [red if i in removed_set else blue for i in range(len(scores))]
+    panels = 2 if removed_set else 1
+    width = max(6.0, 0.28 * len(scores) + 2) + (4.0 if panels == 2 else 0.0)
+    fig, axes = plt.subplots(1, panels, figsize=(width, 3.9), dpi=120, squeeze=False,
+                             gridspec_kw={"width_ratios": [max(2.0, 0.28 * len(scores)), 1.6][:panels]})
+    ax = axes[0][0]
     ax.bar(range(len(scores)), scores, color=colors)
+    positive = bool(scores) and min(scores) > 0
+    if positive:
+        ax.set_yscale("log")
     ax.set_xlabel("layer (0-based, original numbering)")
-    ax.set_ylabel(f"{metric} score (higher = more important)")
+    ax.set_ylabel(f"{metric} score{' (log)' if positive else ''}, higher = more important", fontsize=8)
     ax.set_xticks(range(len(scores)))
     ax.tick_params(axis="x", labelsize=7)
+    ax.set_title("all layers", fontsize=9)
     if removed_set:
+        from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color="#d62728", label="removed"), Patch(color="#1f77b4", label="kept")],
-                  loc="best", fontsize=8)
-    ax.set_title(title or f"{metric} per layer", fontsize=10)
+        cut = max(scores[i] for i in removed_set)
+        ax.axhline(cut, color=red, linestyle="--", linewidth=0.9)
+        ax.legend(handles=[Patch(color=red, label="removed"), Patch(color=blue, label="kept"),
+                           Line2D([0], [0], color=red, linestyle="--", label="highest removed score")],
+                  loc="best", fontsize=7)
+        _plot_cutoff_zoom(axes[0][1], scores, removed_set, metric, cut, red, blue)
+    fig.suptitle(title or f"{metric} per layer", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
+def _plot_cutoff_zoom(ax, scores: list[float], removed: set[int], metric: str, cut: float, red: str,
+                      blue: str) -> None:
+    """Removed layers and the lowest-scoring kept ones, sorted ascending: the margin of each decision."""
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    kept_next = [i for i in order if i not in removed][:max(3, min(6, len(removed)))]
+    shown = sorted(list(removed) + kept_next, key=lambda i: (scores[i], i))
+    values = [scores[i] for i in shown]
+    ax.bar(range(len(shown)), values, color=[red if i in removed else blue for i in shown])
+    ax.set_xticks(range(len(shown)), [str(i) for i in shown], fontsize=7)
+    ax.axhline(cut, color=red, linestyle="--", linewidth=0.9)
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.15 or abs(high) * 0.1 or 0.01
+    ax.set_ylim(min(0.0, low - pad) if low <= 0 else max(0.0, low - pad), high + pad)
+    ax.set_xlabel("layer, by score (ascending)", fontsize=8)
+    ax.set_title("around the cut-off", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+
+
 def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, float | None, float | None]], path: Path,
-                 *, labels: tuple[str, str] = ("dense", "pruned"), title: str = "") -> Path:
-    """Grouped bars, dense vs pruned: perplexity (own axis, lower is better) and task accuracy in %."""
+                 *, labels: tuple[str, str] = ("dense", "pruned"), title: str = "", ppl_source: str = "") -> Path:
+    """Grouped bars, dense vs pruned: perplexity (own axis, lower is better) and task accuracy in %.
+
+    Each panel has one title naming what it measures (``ppl_source``: the text the perplexity was measured on);
+    ``title``, if given, replaces the single-panel title instead of being stacked above it.
+    """
     plt = _pyplot()
     panels = (1 if ppl else 0) + (1 if tasks else 0)
     widths = ([1.0] if ppl else []) + ([max(2.0, 0.9 * len(tasks))] if tasks else [])
@@ -55,7 +98,7 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks([0, 1], list(labels))
         ax.set_ylabel("perplexity (lower is better)")
-        ax.set_title("perplexity", fontsize=10)
+        ax.set_title(f"perplexity on {ppl_source}" if ppl_source else "perplexity", fontsize=9)
     if tasks:
         ax = axes.pop(0)
         xs = range(len(tasks))
@@ -65,20 +108,28 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.set_xticks(list(xs), [t[0] for t in tasks], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (%)")
-        ax.set_title("task accuracy", fontsize=10)
+        ax.set_title("task accuracy (lm-eval)", fontsize=9)
         top = max([100 * (v or 0.0) for t in tasks for v in t[1:]] + [1.0])
         ax.set_ylim(0, top * 1.25)
         ax.legend(fontsize=8, loc="upper right", ncol=2)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title and panels == 1:
+        fig.axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_sweep(result, path: Path, *, title: str = "") -> Path:
-    """Perplexity (log scale) against layers removed: colour = metric, line style = strategy, dense at n = 0."""
+SWEEP_CLIP = 3.0  # y-axis of the sweep plot: up to this many times the best perplexity at the largest count
+
+
+def plot_sweep(result, path: Path, *, title: str = "", clip: float = SWEEP_CLIP) -> Path:
+    """Perplexity (log scale) against layers removed: colour = metric, line style = strategy, dense at n = 0.
+
+    The y-axis stops at ``clip`` x the worst of the per-count best perplexities, so baselines that explode
+    (reverse-order, random) do not squash the useful lines together; a line that leaves the plot gets a
+    triangle at the top edge where it does and "(off-scale from N)" in the legend.
+    """
     plt = _pyplot()
     with_tasks = bool(getattr(result, "dense_tasks", None))
     if with_tasks:  # second panel: lm-eval accuracy vs layers removed, sudden drops circled
@@ -91,20 +142,34 @@ def plot_sweep(result, path: Path, *, title: str = "") -> Path:
     colors = plt.get_cmap("tab10")
     styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-.", "laco": (0, (5, 1, 1, 1))}
     markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D", "laco": "x"}
+    dense = result.dense["ppl"]
+    highest = max([y for pts in lines.values() for _, y in pts] + [dense])
+    best = {}
+    for pts in lines.values():
+        for x, y in pts:
+            best[x] = min(best.get(x, y), y)
+    top = min(highest, max(best.values(), default=dense) * clip) * 1.15
     for key, pts in sorted(lines.items()):
         metric, strategy = key.split("/", 1)
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, color=colors(metrics.index(metric) % 10), linestyle=styles.get(strategy, "-"),
-                marker=markers.get(strategy, "o"), markersize=3.5, linewidth=1.3, label=key)
-    ax.axhline(result.dense["ppl"], color="grey", linewidth=0.8, linestyle=":")
+        color = colors(metrics.index(metric) % 10)
+        off = [x for x, y in pts if y > top]
+        label = f"{key} (off-scale from {off[0]})" if off else key
+        ax.plot(xs, ys, color=color, linestyle=styles.get(strategy, "-"), marker=markers.get(strategy, "o"),
+                markersize=3.5, linewidth=1.3, label=label)
+        if off:
+            ax.plot([off[0]], [top / 1.04], marker="^", markersize=8, color=color, clip_on=False, linestyle="none")
+    ax.axhline(dense, color="grey", linewidth=0.8, linestyle=":")
     ax.set_yscale("log")
+    ax.set_ylim(dense / 1.15, top)
     ax.set_xlabel("layers removed")
     source = str(result.evaluation.get("source", ""))
-    ax.set_ylabel(f"perplexity ({Path(source).name or source})")
+    ax.set_ylabel(f"perplexity on {Path(source).name or source} (log)")
     ax.set_xticks(sorted({0, *result.counts}))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="metric/strategy", title_fontsize=7)
-    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed "
-                 f"(dense {result.dense['ppl']:.1f})", fontsize=10)
+    clipped = f" (y cut at {clip:g}x the best line)" if highest > top else ""
+    ax.set_title(title or f"{result.model} ({result.num_layers} layers): perplexity vs layers removed, "
+                 f"dense {dense:.1f}{clipped}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -145,7 +210,7 @@ def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Pat
     for k, (label, color) in enumerate((("measured", "#2ca02c"), ("ideal (FLOPs)", "#7f7f7f"))):
         values = [r[1 + k] or 0.0 for r in rows]
         bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, labels=["n/a" if r[1 + k] is None else f"{r[1 + k]:.2f}" for r in rows], fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylim(0, max([v or 0.0 for r in rows for v in r[1:]] + [1.0]) * 1.25)
     ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)

@@ -119,6 +119,7 @@ class OutputRecipe:
     overwrite: bool = False
     format: str = "hf"  # hf: a transformers checkpoint directory; gguf: a GGUF file (DIR/model.gguf or FILE.gguf)
     gguf_type: str = "f16"  # with format gguf: f32, f16, bf16 or q8_0 (depthprune.formats.gguf_export)
+    save_dtype: str = "auto"  # hf: dtype of the saved weights; auto = the dtype the model came in
 
     def validate(self) -> None:
         if self.format not in OUTPUT_FORMATS:
@@ -127,6 +128,8 @@ class OutputRecipe:
         if self.format != "gguf" and self.path is not None and self.path.lower().endswith(".gguf"):
             raise DepthpruneError(f"output path {self.path} ends in .gguf but the output format is '{self.format}'; "
                                   "use format gguf (--format gguf) or a directory path")
+        if self.save_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise DepthpruneError(f"unknown --save-dtype '{self.save_dtype}': use auto, float32, bfloat16 or float16")
         if self.format == "gguf":
             from .formats.gguf_export import check_gguf_type
 
@@ -255,6 +258,9 @@ class Recipe:
         if self.quantization.method is not None and self.output.format == "gguf":
             raise DepthpruneError("--quantize makes torchao checkpoints (--format hf); for a quantized GGUF "
                                   "use --gguf-type q8_0 instead")
+        if self.quantization.method is not None and self.output.save_dtype != "auto":
+            raise DepthpruneError("--save-dtype cannot be combined with --quantize: quantized weights are saved as "
+                                  "they are (choose the float dtype with --dtype)")
         if check_data and self.selection.layers is None:
             from .data import validate_spec
 

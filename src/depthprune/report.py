@@ -28,7 +28,7 @@ from pathlib import Path
 from .errors import DepthpruneError
 from .export import model_card, write_file_atomic
 from .plots import plot_layer_scores, plot_quality, plot_speed
-from .summary import Table, eval_tasks, quality_table, speed_table, task_rows
+from .summary import workload_noise, Table, eval_tasks, quality_table, speed_table, task_rows
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +267,16 @@ def _make_plots(inputs: ReportInputs, folder: Path) -> dict[str, Path]:
         ppl_pair = (ppl["dense"]["ppl"], ppl["pruned"]["ppl"])
     tasks = [(f"{t} {m}", d, p) for t, m, d, _, p, _ in task_rows(inputs.evals)]
     if ppl_pair or tasks:
-        out["quality"] = plot_quality(ppl_pair, tasks, folder / "report_quality.png",
-                                      title="dense vs pruned")
+        source = ((ppl.get("dense") or {}).get("settings") or {}).get("source", "")
+        out["quality"] = plot_quality(ppl_pair, tasks, folder / "report_quality.png", ppl_source=source)
     if inputs.bench:
         rows = []
         for r in inputs.bench["ratios"]["workloads"].values():
             label = f"prefill {r['seq_len']}" if r["kind"] == "prefill" else f"decode {r['new_tokens']}"
-            rows.append((label, r.get("speedup"), r.get("ideal_speedup")))
+            noisy, _ = workload_noise(r)
+            if noisy:
+                label += "\n(unreliable)"
+            rows.append((label, None if noisy else r.get("speedup"), r.get("ideal_speedup")))
         out["speed"] = plot_speed(rows, folder / "report_speed.png",
                                   title="speedup of the pruned model (measured vs ideal from FLOPs)")
     return out
@@ -300,7 +303,9 @@ def render_markdown(inputs: ReportInputs, images: dict[str, str]) -> str:
     if "quality" in images:
         lines += [f"![quality]({images['quality']})", ""]
     if inputs.evals is None:
-        lines += ["No task accuracy yet: put lm-eval results in `eval/*.json` (see docs/report.md).", ""]
+        lines += ["No task accuracy yet: run `depthprune eval DIR --tasks piqa,hellaswag --role pruned` and "
+                  "`depthprune eval DENSE --tasks piqa,hellaswag --role dense --results DIR/eval`, or "
+                  "`depthprune prune ... --eval-tasks piqa,hellaswag`, then `depthprune report DIR` again.", ""]
     lines += ["## Speed", ""]
     speed = speed_table(inputs.bench)
     if speed is None:
@@ -354,7 +359,10 @@ def render_html(inputs: ReportInputs, images: dict[str, Path]) -> str:
              _removed_table(prune).to_html(),
              "<h2>Quality</h2>", quality_table(prune, inputs.evals).to_html(), img("quality", "quality")]
     if inputs.evals is None:
-        parts.append("<p class='note'>No task accuracy yet: put lm-eval results in eval/*.json.</p>")
+        parts.append("<p class='note'>No task accuracy yet: run <code>depthprune eval DIR --tasks piqa,hellaswag "
+                     "--role pruned</code> and <code>depthprune eval DENSE --tasks piqa,hellaswag --role dense "
+                     "--results DIR/eval</code>, or <code>depthprune prune ... --eval-tasks piqa,hellaswag</code>, "
+                     "then <code>depthprune report DIR</code> again.</p>")
     parts.append("<h2>Speed</h2>")
     speed = speed_table(inputs.bench)
     if speed is None:

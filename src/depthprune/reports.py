@@ -66,6 +66,10 @@ class PruneReport:
     command: str | None = None  # the command line that produced it (None: made through the Python API)
     recipe: dict | None = None  # the Recipe that produced it (depthprune prune --recipe replays it)
     repair: dict | None = None  # what the repair stage did and measured (depthprune.repair), None: no repair
+    source: dict = field(default_factory=dict)  # kind (demo/gguf/local/hub/in-memory), source_dtype, upstream Hub id
+    timings: dict = field(default_factory=dict)  # seconds per stage: loading, calibration, scoring, perplexity, ...
+    save_dtype: str | None = None  # dtype of the saved weights (set by save)
+    checkpoint_bytes: int | None = None  # size of the saved weight files on disk (set by save)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -121,6 +121,44 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+# --- noise: is a paired ratio believable? -------------------------------------------------------------
+
+MAX_RELATIVE_SPREAD = 0.10  # interquartile range of the paired ratios, relative to their median
+IDEAL_MARGIN = 0.03  # a measured ratio may beat the ideal FLOP ratio by this much (caches, fixed costs) plus the noise
+MIN_PAIRS = 3
+
+
+def ratio_noise(paired: list[float], ideal: float | None) -> dict:
+    """Spread of the paired time ratios and whether the median is believable.
+
+    ``noisy`` is true (with a one-sentence ``reason``) when there are fewer than 3 pairs, when the interquartile
+    range of the pairs exceeds 10% of their median, or when the median beats the ideal FLOP ratio by more than
+    the noise (the spread below the median) plus a 3% margin: removing layers cannot make the rest run faster
+    than their share of the work, so such a figure measures a busy machine, not the model.
+    """
+    out: dict = {"pairs": len(paired), "min": None, "q25": None, "q75": None, "max": None, "relative_iqr": None,
+                 "noisy": False, "reason": None}
+    if not paired:
+        return {**out, "noisy": True, "reason": "no paired runs"}
+    ordered = sorted(paired)
+    median = statistics.median(ordered)
+    if len(ordered) >= 2:
+        q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q25 = q75 = ordered[0]
+    relative = (q75 - q25) / median if median > 0 else float("inf")
+    out.update(min=ordered[0], q25=q25, q75=q75, max=ordered[-1], relative_iqr=relative)
+    if len(ordered) < MIN_PAIRS:
+        out.update(noisy=True, reason=f"only {len(ordered)} paired run(s); use --repeats 5 or more")
+    elif relative > MAX_RELATIVE_SPREAD:
+        out.update(noisy=True, reason=f"paired ratios spread {q25:.2f}-{q75:.2f} (interquartile, "
+                                      f"{relative:.0%} of the median); measure on an idle machine")
+    elif ideal is not None and median < ideal * (1 - IDEAL_MARGIN) - (median - q25):
+        out.update(noisy=True, reason=f"ratio {median:.2f} beats the ideal {ideal:.2f} by more than the noise "
+                                      f"(interquartile {q25:.2f}-{q75:.2f}); the machine was busy")
+    return out
+
+
 @dataclass
 class BenchComparison:
     """A candidate (e.g. pruned) model measured side by side with a baseline (e.g. dense). Ratios are candidate/baseline."""
@@ -138,6 +176,7 @@ class BenchComparison:
             paired = [c_s / b_s for b_s, c_s in zip(wb.times_s, wc.times_s) if b_s > 0]
             time_ratio = statistics.median(paired) if paired else None
             flop_ratio = _ratio(wc.flops, wb.flops)
+            noise = ratio_noise(paired, flop_ratio)
             rows[wb.key] = {
                 "kind": wb.kind, "seq_len": wb.seq_len, "new_tokens": wb.new_tokens,
                 "baseline_tokens_per_s": wb.tokens_per_s, "candidate_tokens_per_s": wc.tokens_per_s,
@@ -145,6 +184,8 @@ class BenchComparison:
                 "ratio_of_median_times": _ratio(wc.median_s, wb.median_s), "ideal_flop_ratio": flop_ratio,
                 "speedup": _ratio(1.0, time_ratio), "ideal_speedup": _ratio(1.0, flop_ratio),
                 "memory_ratio": _ratio(wc.peak_memory_bytes, wb.peak_memory_bytes),
+                "spread": {k: noise[k] for k in ("pairs", "min", "q25", "q75", "max", "relative_iqr")},
+                "noisy": noise["noisy"], "reason": noise["reason"],
             }
         return {
             "workloads": rows,

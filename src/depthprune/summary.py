@@ -144,6 +144,18 @@ def _mib(x) -> str:
     return "-" if x is None else f"{x / 2**20:,.1f} MiB"
 
 
+def workload_noise(r: dict) -> tuple[bool, str | None]:
+    """(noisy, reason) of one workload's ratios; bench.json files written before the noise check get it here."""
+    if "noisy" in r:
+        return bool(r["noisy"]), r.get("reason")
+    if r.get("paired_time_ratios") is None:
+        return False, None
+    from .speed import ratio_noise
+
+    noise = ratio_noise(r["paired_time_ratios"], r.get("ideal_flop_ratio"))
+    return noise["noisy"], noise["reason"]
+
+
 def speed_table(bench: dict | None) -> Table | None:
     """Throughput per workload, measured time ratio vs the ideal FLOP ratio (pruned/dense)."""
     if not bench or "ratios" not in bench:
@@ -156,8 +168,10 @@ def speed_table(bench: dict | None) -> Table | None:
             label = f"prefill {r['seq_len']} tokens"
         else:
             label = f"decode {r['new_tokens']} tokens after {r['seq_len']}"
+        noisy, reason = workload_noise(r)
+        measured = f"unreliable: {reason}" if noisy else _ratio(r["time_ratio"])
         rows.append([label, _tok_s(r["baseline_tokens_per_s"]), _tok_s(r["candidate_tokens_per_s"]),
-                     _ratio(r["time_ratio"]), _ratio(r["ideal_flop_ratio"])])
+                     measured, _ratio(r["ideal_flop_ratio"])])
     rows.append(["peak memory (weights + working)", _mib(base.get("peak_memory_bytes")),
                  _mib(cand.get("peak_memory_bytes")), _ratio(ratios.get("peak_memory_ratio")),
                  _ratio(ratios.get("params_ratio"))])
@@ -168,6 +182,8 @@ def speed_table(bench: dict | None) -> Table | None:
              f"{base.get('dtype', '?')} on {base.get('device', '?')}, {where}). Time ratio = pruned/dense seconds, "
              "median over back-to-back pairs of runs (lower is faster); "
              "ideal = pruned/dense analytic FLOPs (for memory: the parameter ratio). "
+             "A ratio is shown as unreliable when its paired runs spread more than 10% (interquartile) or it "
+             "beats the ideal by more than that spread: removing layers cannot beat its share of the work. "
              f"Memory: {base.get('memory_method', '?')}."]
     a, b = (bench.get("labels") or ["dense", "pruned"])[:2]
     return Table("Speed", ["workload", f"{a} tok/s", f"{b} tok/s", "time ratio", "ideal (FLOPs)"], rows, notes)

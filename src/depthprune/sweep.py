@@ -93,6 +93,14 @@ class SweepResult:
         data["angular_blocks"] = {str(k): v for k, v in self.angular_blocks.items()}
         return data
 
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepResult":
+        """Read back :meth:`to_json` (e.g. a saved ``sweep.json``, to redraw its plots)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["points"] = [SweepPoint(**p) for p in data["points"]]
+        fields["angular_blocks"] = {int(k): v for k, v in (data.get("angular_blocks") or {}).items()}
+        return cls(**fields)
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -375,4 +383,18 @@ def save_sweep(result: SweepResult, out: str | Path, *, overwrite: bool = False)
     return Path(out).expanduser()
 
 
-__all__ = ["SweepPoint", "SweepResult", "combinations", "run_sweep", "save_sweep", "sweep", "sweep_counts"]
+def replot_sweep(folder: str | Path) -> list[Path]:
+    """Redraw sweep.png and angular_heatmap.png of a saved sweep directory from its sweep.json."""
+    from .export import write_file_atomic
+    from .plots import plot_angular_heatmap, plot_sweep
+
+    folder = Path(folder)
+    result = SweepResult.from_json(json.loads((folder / "sweep.json").read_text(encoding="utf-8")))
+    paths = [write_file_atomic(folder / "sweep.png", lambda p: plot_sweep(result, p))]
+    if result.angular_blocks:
+        paths.append(write_file_atomic(folder / "angular_heatmap.png", lambda p: plot_angular_heatmap(
+            result.angular_blocks, result.num_layers, p, title=f"{result.model}: angular distance (last token)")))
+    return paths
+
+
+__all__ = ["SweepPoint", "replot_sweep", "SweepResult", "combinations", "run_sweep", "save_sweep", "sweep", "sweep_counts"]

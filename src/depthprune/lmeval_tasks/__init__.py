@@ -78,7 +78,7 @@ _GENERATED_DIR = "depthprune_lmeval_tasks"
 _MARKER = ".depthprune_generated"
 _LOADER_MODULE = "loaders.py"
 
-_INSTALL_HINT = "install the eval extra: pip install 'depthprune[eval]'"
+_INSTALL_HINT = "install the eval extra: python3 -m pip install -e '.[eval]' in the depthprune clone (or pip install lm-eval)"
 
 
 class _QuietCustomDatasetNotice(logging.Filter):

@@ -1,0 +1,115 @@
+"""The CLI's answer to every usage mistake a newcomer makes: the usage line, one sentence, exit 2, no traceback.
+
+Driven as a subprocess, the way a user runs it. None of these commands loads a model (usage is checked
+before any command body runs), so each takes about a second of CPU.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import typer
+
+from depthprune import __version__, cli
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run(*args):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "100"}
+    return subprocess.run([sys.executable, "-m", "depthprune", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def assert_usage_error(result, usage: str, *fragments: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(f"Usage: {usage}"), result.stderr
+    assert lines[1].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[1], result.stderr
+
+
+@pytest.mark.parametrize("args, usage, fragments", [
+    (["prune", "m", "--out", "o", "--bogus"], "depthprune prune", ["No such option: --bogus"]),
+    (["prune"], "depthprune prune", ["Missing argument 'MODEL'"]),
+    (["prune", "m", "--out", "o", "--ratio", "abc"], "depthprune prune", ["'--ratio'"]),
+    (["frobnicate"], "depthprune [OPTIONS] COMMAND", ["No such command 'frobnicate'"]),
+    (["prnue", "m"], "depthprune [OPTIONS] COMMAND", ["No such command 'prnue'", "prune"]),
+    (["score", "m", "--out"], "depthprune score", ["--out"]),
+], ids=["unknown-option", "missing-argument", "ratio-abc", "unknown-command", "typo-command", "option-no-value"])
+def test_usage_mistakes(args, usage, fragments):
+    assert_usage_error(run(*args), usage, *fragments)
+
+
+def test_bare_command_prints_help_and_exits_0():
+    result = run()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Usage: depthprune" in result.stdout and "prune" in result.stdout and "score" in result.stdout
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"depthprune {__version__}"
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quiet", "--debug"])
+def test_global_flags_after_the_subcommand(flag):
+    # accepted after the subcommand: the only complaint left is the missing model, not the flag
+    assert_usage_error(run("score", flag), "depthprune score", "Missing argument 'MODEL'")
+    assert_usage_error(run("score", "--out", "x.json", flag), "depthprune score", "Missing argument 'MODEL'")
+
+
+def test_help_shows_no_type_for_flags_and_no_truncation():
+    result = run("prune", "--help")
+    assert result.returncode == 0
+    assert "<bool>" not in result.stdout
+    assert "--overwrite" in result.stdout and "--bench" in result.stdout
+    for command in ("score", "prune", "sweep", "eval", "bench", "report"):
+        assert "…" not in run(command, "--help").stdout, command
+
+
+def test_hoist_global_flags_keeps_everything_after_double_dash():
+    assert cli.hoist_global_flags(["prune", "m", "-q", "--debug", "--", "-q"]) == ["-q", "--debug", "prune", "m",
+                                                                                  "--", "-q"]
+
+
+def _fake_app(exc):
+    def app(**kwargs):
+        raise exc
+    return app
+
+
+@pytest.mark.parametrize("exc", [click.exceptions.Abort(), typer.Abort()], ids=["click", "typer"])
+def test_abort_in_a_prompt_exits_130(monkeypatch, exc):
+    monkeypatch.setattr(cli, "app", _fake_app(exc))
+    assert cli._run_app(["prune"]) == 130
+
+
+def test_ctrl_c_inside_a_command_exits_130(monkeypatch):
+    # typer turns KeyboardInterrupt into Exit(130), which non-standalone mode *returns*: it must not become exit 0
+    app = typer.Typer()
+
+    @app.command()
+    def ask() -> None:
+        raise KeyboardInterrupt
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", app)
+    assert cli._run_app(["ask"]) == 130
+
+
+def test_click_usage_error_from_plain_click_is_caught(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "app", _fake_app(click.UsageError("bad thing happened")))
+    assert cli._run_app(["prune"]) == 2
+    assert "error: bad thing happened" in capsys.readouterr().err
