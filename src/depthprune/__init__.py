@@ -18,3 +18,9 @@ __all__ = [
     "build_calibration", "evaluate_perplexity", "from_tensors", "load_model", "prune", "pruned_copy",
     "remove_layers", "run", "score", "sweep",
 ]
+
+# --- repair (issue 10) ---
+from .api import repair  # noqa: E402
+from .recipe import RepairRecipe  # noqa: E402
+
+__all__ += ["RepairRecipe", "repair"]

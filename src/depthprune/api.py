@@ -27,11 +27,11 @@ from .errors import DepthpruneError
 from .evaluation import PerplexityResult, evaluate_tasks, perplexity
 from .export import check_output_dir, save_pruned
 from .models import LoadedModel, load_model
-from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RuntimeRecipe, SelectionRecipe
+from .recipe import CalibrationRecipe, EvaluationRecipe, Recipe, RepairRecipe, RuntimeRecipe, SelectionRecipe
 from .reports import PruneReport, ScoreReport
 from .metrics import check_metric
 from .selection import ascending_order, removal_count
-from .strategies import MetricScores, compute_scores, resolve, select
+from .strategies import MetricScores, apply_selection, compute_scores, resolve, select
 from .surgery import parameter_count, pruned_copy, remove_layers
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
           dtype: str = "float32", device: str = "cpu", in_place: bool = False,
           bench: bool = False, bench_options: dict | None = None, command: str | None = None,
           eval_tasks: str | list[str] | None = None, eval_options: dict | None = None,
-          progress: bool = True) -> PruneResult:
+          progress: bool = True, laco=None) -> PruneResult:
     """Choose layers with ``metric`` and ``strategy``, remove them, optionally measure perplexity.
 
     A keyword front end to :func:`run`: the arguments become a :class:`~depthprune.recipe.Recipe`
@@ -173,6 +173,8 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     ``eval_tasks`` runs lm-evaluation-harness tasks on the dense and the pruned model
     (:func:`depthprune.evaluation.evaluate_tasks`, ``eval_options``: data_dir, limit, num_fewshot,
     batch_size); the results are saved as ``eval/dense.json`` and ``eval/pruned.json``.
+    ``laco``: LaCo settings for ``strategy="laco"`` (a :class:`depthprune.merging.LacoSettings` or a
+    ``"C=3,L=1,I=1,T=0.5"`` string); the merged layers' weights change, the merged-away layers go.
     """
     calibration = data if isinstance(data, CalibrationSet) else None
     eval_options = dict(eval_options or {})
@@ -185,7 +187,7 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
             samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, text_field=text_field),
         selection=SelectionRecipe(remove=remove, ratio=ratio, layers=list(layers) if layers is not None else None,
                                   metric=metric, strategy=strategy, protect_first=protect_first,
-                                  protect_last=protect_last),
+                                  protect_last=protect_last, laco=_laco_text(laco)),
         evaluation=EvaluationRecipe(ppl=eval_ppl, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
                                     tasks=eval_tasks, limit=eval_options.get("limit"),
                                     num_fewshot=eval_options.get("num_fewshot"),
@@ -195,6 +197,17 @@ def prune(model, tokenizer=None, *, remove: int | None = None, ratio: float | No
     )
     return run(recipe, model=None if isinstance(model, str) else model, tokenizer=tokenizer, scores=scores,
                calibration=calibration, in_place=in_place, command=command, progress=progress)
+
+
+def _laco_text(laco) -> str | None:
+    """LaCo settings as the recipe's string form ("C=3,L=1,I=1,T=0.5"; None: defaults)."""
+    if laco is None or isinstance(laco, str):
+        return laco
+    from .merging import LacoSettings
+
+    if isinstance(laco, LacoSettings):
+        return laco.to_text()
+    raise DepthpruneError(f"laco settings must be a LacoSettings or a 'C=..,T=..' string, not {type(laco).__name__}")
 
 
 def _model_name(model) -> str:
@@ -212,10 +225,19 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     ``recipe.model``; ``scores`` reuses a :class:`ScoreReport` instead of scoring; ``calibration``
     a ready :class:`CalibrationSet`. Everything is validated before any model or data work.
     """
+    if scores is None and recipe.selection.scores is not None:  # a recorded scores file drives the selection
+        from .scale.pipeline import score_file
+
+        scores = score_file(recipe.selection.scores)
     recipe.validate(check_data=calibration is None and scores is None)
     sel, cal, ev, rt, out = recipe.selection, recipe.calibration, recipe.evaluation, recipe.runtime, recipe.output
-    if out.path is not None:
+    if out.path is not None and out.format != "gguf":
         check_output_dir(out.path, out.overwrite)
+    # --- GGUF output (issue 9 section 1): the destination is checked before any model work
+    if out.path is not None and out.format == "gguf":
+        from .formats.gguf_prune import check_gguf_destination
+
+        check_gguf_destination(out.path, out.overwrite)
     explicit = sel.layers is not None
     metric = sel.metric
     if explicit:
@@ -265,8 +287,21 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
             calibration_settings = dict(calibration.settings)
         chosen, first = select(loaded.model, calibration if scores is None else None, n, metric=metric,
                                strategy=sel.strategy, protect_first=sel.protect_first, protect_last=sel.protect_last,
-                               batch_size=cal.batch_size, seed=cal.seed, precomputed=precomputed, progress=progress)
+                               batch_size=cal.batch_size, seed=cal.seed, precomputed=precomputed, progress=progress,
+                               laco=sel.laco)
         removed, order, details = chosen.removed, chosen.order, chosen.details
+
+    # --- GGUF output (issue 9 section 1): refuse removals the GGUF cannot represent before evaluating
+    gguf_source = None
+    if out.path is not None and out.format == "gguf":
+        from .formats.gguf_prune import check_gguf_removal, source_gguf
+
+        # a GGUF source whose kept weights stay as they are: cut the original file (quantized bytes kept);
+        # otherwise (a transformers source, LaCo merges, repair) the pruned model is exported by formats.gguf_export
+        weights_changed = bool(recipe.repair.methods) or (not explicit and sel.strategy == "laco")
+        gguf_source = None if weights_changed else source_gguf(loaded)
+        if gguf_source is not None:
+            check_gguf_removal(gguf_source, removed)
 
     ppl: dict = {}
     evals: dict | None = None
@@ -279,13 +314,37 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         return evaluate_tasks(m, loaded.tokenizer, ev.tasks, model_name=loaded.source, role=role,
                               command=command, **ev.task_options(cal.batch_size))
 
+    repairing = bool(recipe.repair.methods)
+    if repairing:  # repair (issue 10): refuse an impossible repair before any measurement
+        from .repair.stage import check_repairable
+
+        check_repairable(recipe.repair, loaded.model, removed)
     if ev.ppl is not None:
         ppl["dense"] = measure(loaded.model)
     if ev.tasks is not None:
         evals = {"dense": tasks_of(loaded.model, "dense")}
     params_before = parameter_count(loaded.model)
-    keep_dense = ev.bench or not in_place  # the dense model is needed for the side-by-side measurement
-    pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
+    # the dense model is needed for the side-by-side measurement, and by repair (activations, teacher)
+    keep_dense = ev.bench or not in_place or repairing
+    if explicit:
+        pruned = pruned_copy(loaded.model, removed) if keep_dense else remove_layers(loaded.model, removed)
+    else:  # laco: merged, then removed
+        pruned = apply_selection(loaded.model, chosen, in_place=not keep_dense)
+    repair_report = None
+    if repairing:  # --- repair stage (issue 10) ---
+        from .repair.stage import run_repair
+
+        if ev.ppl is not None:
+            ppl["unrepaired"] = measure(pruned)
+        if "linear" in recipe.repair.methods and calibration is None:
+            calibration = calibration_set(loaded, cal.data, samples=cal.samples, seq_len=cal.seq_len, seed=cal.seed,
+                                          text_field=cal.text_field, batch_size=cal.batch_size, progress=progress)
+        pruned, repair_report = run_repair(recipe.repair, loaded.model, pruned, removed, calibration=calibration,
+                                           tokenizer=loaded.tokenizer, batch_size=cal.batch_size, progress=progress)
+    if recipe.quantization.method is not None:  # quantize stage (formats.quantize): evaluated and saved quantized
+        from .formats.quantize import quantize_model
+
+        pruned = quantize_model(pruned, recipe.quantization.method, group_size=recipe.quantization.group_size)
     if ev.ppl is not None:
         ppl["pruned"] = measure(pruned)
     if ev.tasks is not None:
@@ -298,6 +357,7 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
         params_after=parameter_count(pruned), scores=list(first.scores) if first else list(scores.scores) if scores else [],
         calibration=calibration_settings, protect_first=sel.protect_first, protect_last=sel.protect_last,
         perplexity=ppl, selection={"order": order, **details}, command=command, recipe=recipe.to_json(),
+        repair=repair_report,
     )
     comparison = None
     if ev.bench:
@@ -308,7 +368,16 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
                              progress=progress, **ev.bench_options)
         comparison.command = command
     result = PruneResult(pruned, loaded.tokenizer, report, comparison, evals)
-    if out.path is not None:
+    if gguf_source is not None:  # GGUF output (issue 9 section 1): cut from the original file's bytes
+        from .formats.gguf_prune import save_gguf
+
+        save_gguf(gguf_source, report, out.path, overwrite=out.overwrite,
+                  bench=comparison.to_json() if comparison is not None else None, evals=evals)
+    elif out.path is not None and out.format == "gguf":  # any other source, or changed weights: export (formats.gguf_export)
+        from .formats.gguf_export import save_pruned_gguf
+
+        save_pruned_gguf(result, out.path, gguf_type=out.gguf_type, overwrite=out.overwrite)
+    elif out.path is not None:
         result.save(out.path, overwrite=out.overwrite)
     return result
 
@@ -318,3 +387,73 @@ def sweep(model, tokenizer=None, **kwargs):
     from .sweep import sweep as _sweep
 
     return _sweep(model, tokenizer, **kwargs)
+
+
+# --- width (issue 11) -------------------------------------------------------------------------------
+
+def heads(model, tokenizer=None, **kwargs):
+    """Attention head / KV-group importance and pattern statistics; see :func:`depthprune.width.score_heads`.
+    Returns (HeadReport, LoadedModel)."""
+    from .width import score_heads
+
+    return score_heads(model, tokenizer, **kwargs)
+
+
+# --- repair an existing depthprune output (issue 10) ---------------------------------------------
+
+def repair(pruned_dir: str | Path, repair: "RepairRecipe", *, out: str | Path | None = None, overwrite: bool = False,
+           calibration: "CalibrationRecipe | None" = None, eval_ppl: str | None = None, ppl_seq_len: int = 512,
+           ppl_max_tokens: int = 40_000, dtype: str = "float32", device: str = "cpu", command: str | None = None,
+           progress: bool = True) -> PruneResult:
+    """Repair the checkpoint in ``pruned_dir`` (a depthprune output) and save it to ``out`` (when given).
+
+    ``linear`` and ``distill`` need the dense model: it is loaded from the source recorded in the output's
+    ``depthprune.json``, with the recorded calibration unless ``calibration`` is given.
+    """
+    from .repair.stage import (build_repair_calibration, calibration_recipe_of, check_repairable, read_output,
+                               run_repair)
+    from .surgery import validate_layer_indices
+
+    recorded = read_output(pruned_dir)
+    repair.validate()
+    if eval_ppl is not None:
+        validate_spec(eval_ppl, allow_self=False)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    if not repair.methods:
+        raise DepthpruneError("name a repair method: --method linear, lora or linear,lora")
+    removed = list(recorded.get("removed_layers") or [])
+    total = int(recorded.get("num_layers_before", 0))
+    validate_layer_indices(removed, total)
+    loaded = load_model(str(pruned_dir), dtype=dtype, device=device)
+    dense = None
+    if "linear" in repair.methods or repair.distill:
+        dense = load_model(str(recorded["model"]), dtype=dtype, device=device).model
+        if num_layers(dense.config) != total:
+            raise DepthpruneError(f"the recorded source model '{recorded['model']}' has {num_layers(dense.config)} "
+                                  f"layers but the output was pruned from a {total}-layer model")
+    check_repairable(repair, dense if dense is not None else loaded.model, removed if dense is not None else [])
+    cal_set = None
+    if "linear" in repair.methods:
+        cal_recipe = calibration or calibration_recipe_of(recorded)
+        cal_set = build_repair_calibration(cal_recipe, loaded.tokenizer, dense, progress)
+    ppl: dict = {}
+    if eval_ppl is not None:
+        ppl["unrepaired"] = perplexity(loaded.model, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len,
+                                       max_tokens=ppl_max_tokens, progress=progress).to_json()
+    model, report_json = run_repair(repair, dense, loaded.model, removed, calibration=cal_set,
+                                    tokenizer=loaded.tokenizer, progress=progress)
+    if eval_ppl is not None:
+        ppl["pruned"] = perplexity(model, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
+                                   progress=progress).to_json()
+    report_json["command"] = command
+    report_json["repaired_from"] = str(pruned_dir)
+    fields_ = {k: v for k, v in recorded.items() if k in PruneReport.__dataclass_fields__}
+    report = PruneReport(**fields_)
+    report.repair = report_json
+    if ppl:
+        report.perplexity = {**(report.perplexity or {}), **ppl}
+    result = PruneResult(model, loaded.tokenizer, report)
+    if out is not None:
+        result.save(out, overwrite=overwrite)
+    return result

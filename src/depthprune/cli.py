@@ -40,7 +40,8 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, or auto (ac
 METRIC_HELP = ("Importance metric: bi, angular, angular-all, relative-magnitude, ppl, taylor, reverse-order, random.")
 MetricOpt = typer.Option("bi", "--metric", help=METRIC_HELP)
 PruneMetricOpt = typer.Option(None, "--metric", help=METRIC_HELP + " Default: bi (one-shot, iterative), angular (block), ppl (greedy-ppl).")
-StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block or greedy-ppl.")
+StrategyOpt = typer.Option("one-shot", "--strategy", help="one-shot, iterative, block, greedy-ppl or laco (merge layers).")
+LacoOpt = typer.Option(None, "--laco", help="LaCo settings for --strategy laco: C=3,L=1,H=LAST,I=1,T=0.5 (merge size, lowest/highest layer, interval, similarity threshold).")
 
 
 @app.callback()
@@ -143,8 +144,33 @@ PRUNE_FLAGS = {
     "eval_data_dir": ("evaluation", "data_dir"), "bench": ("evaluation", "bench"),
     "out": ("output", "path"), "overwrite": ("output", "overwrite"),
     "dtype": ("runtime", "dtype"), "device": ("runtime", "device"),
+    "laco": ("selection", "laco"),  # issue 11
     "offload": ("runtime", "offload"), "activation_budget_mb": ("runtime", "activation_budget_mb"),  # scale
+    "scores_file": ("selection", "scores"),
+    # formats (issue 9): GGUF precision for exported models, weight-only quantization (--format: see prune)
+    "gguf_type": ("output", "gguf_type"),
+    "quantize": ("quantization", "method"), "quant_group_size": ("quantization", "group_size"),
 }
+# --- repair flags (issue 10) ---
+PRUNE_FLAGS.update({
+    "repair": ("repair", "methods"), "repair_objective": ("repair", "objective"), "repair_data": ("repair", "data"),
+    "repair_tokens": ("repair", "tokens"), "distill": ("repair", "distill"), "repair_lr": ("repair", "lr"),
+    "repair_rank": ("repair", "rank"), "repair_seq_len": ("repair", "seq_len"),
+})
+RepairOpt = typer.Option(None, "--repair", help="Repair after removal: linear, lora or linear,lora (off by default).")
+RepairObjectiveOpt = typer.Option("lstsq", "--repair-objective", help="Linear repair objective: lstsq or cosine.")
+RepairDataOpt = typer.Option(None, "--repair-data", help="Text SPEC for lora repair (keep it disjoint from --eval-ppl).")
+RepairTokensOpt = typer.Option(32768, "--repair-tokens", help="LoRA training budget in tokens.")
+DistillOpt = typer.Option(False, "--distill", help="LoRA: KL to the dense model's next-token distribution instead of next-token loss.")
+RepairLrOpt = typer.Option(1e-3, "--repair-lr", help="LoRA learning rate.")
+RepairRankOpt = typer.Option(8, "--repair-rank", help="LoRA rank.")
+RepairSeqLenOpt = typer.Option(256, "--repair-seq-len", help="LoRA training window length.")
+
+
+def _parse_methods(value: str | None) -> list[str]:
+    return [] if value is None else _csv_list(value, "repair methods")
+# --- end repair flags ---
+
 BENCH_FLAGS = {"bench_seq_lens": "seq_lens", "bench_decode_tokens": "decode_tokens", "bench_repeats": "repeats",
                "bench_threads": "threads"}
 
@@ -171,7 +197,9 @@ def recipe_from_flags(ctx: typer.Context, model: str | None, recipe_file: Path |
                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     values = dict(flags)
     values["layers"] = _parse_layers(values["layers"])
+    values["repair"] = _parse_methods(values["repair"])
     values["out"] = None if values["out"] is None else str(values["out"])
+    values["scores_file"] = None if values["scores_file"] is None else str(values["scores_file"])
     values["eval_data_dir"] = None if values["eval_data_dir"] is None else str(values["eval_data_dir"])
     for name, (section, field_name) in PRUNE_FLAGS.items():
         if recipe_file is None or name in explicit:
@@ -217,10 +245,19 @@ def prune(ctx: typer.Context,
           eval_limit: Optional[float] = typer.Option(None, "--eval-limit", help="lm-eval documents per task (int) or share (<1)."),
           eval_num_fewshot: Optional[int] = typer.Option(None, "--eval-num-fewshot", help="lm-eval few-shot examples."),
           eval_data_dir: Optional[Path] = typer.Option(None, "--eval-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
+          laco: Optional[str] = LacoOpt,
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
           offload: str = typer.Option("none", "--offload", help="layers: never load the model (streamed scoring, pruning a safetensors checkpoint on disk); auto: only when it does not fit; none."),
           activation_budget_mb: int = typer.Option(1024, "--activation-budget-mb", help="With --offload layers: activations kept in memory while scoring."),
-          scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring).")) -> None:
+          scores_file: Optional[Path] = typer.Option(None, "--scores", help="Choose the --remove/--ratio layers from a scores JSON written by `depthprune score` (no scoring)."),
+          repair: Optional[str] = RepairOpt, repair_objective: str = RepairObjectiveOpt,
+          repair_data: Optional[str] = RepairDataOpt, repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt,
+          repair_lr: float = RepairLrOpt, repair_rank: int = RepairRankOpt,
+          repair_seq_len: int = RepairSeqLenOpt,
+          output_format: Optional[str] = typer.Option(None, "--format", help="hf (transformers checkpoint, default) or gguf (from a GGUF source: the original quantized tensors of the kept blocks, byte for byte; default when --out ends in .gguf; from any other source: exported, see --gguf-type)."),
+          gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF precision when a non-GGUF model is exported with --format gguf: f32, f16, bf16, q8_0."),
+          quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only quantization of the pruned model (torchao): int8 or int4."),
+          quant_group_size: int = typer.Option(32, "--quant-group-size", help="Inputs per scale for --quantize int4.")) -> None:
     """Remove the least important layers and save a checkpoint that reloads with plain transformers.
 
     The flags describe one recipe (recorded in DIR/depthprune.json); `--recipe` replays one.
@@ -232,15 +269,15 @@ def prune(ctx: typer.Context,
     flags = {name: value for name, value in locals().items()
              if name in PRUNE_FLAGS or name in BENCH_FLAGS}
     recipe = recipe_from_flags(ctx, model, recipe_file, flags)
+    # --- GGUF output (issue 9 section 1): --format, or an --out path ending in .gguf
+    if output_format is not None:
+        recipe.output.format = output_format
+    elif recipe.output.path is not None and recipe.output.path.lower().endswith(".gguf"):
+        recipe.output.format = "gguf"
     if recipe.output.path is None:
         raise DepthpruneError("give --out DIR for the pruned checkpoint")
     recipe.validate()  # every bad value fails here, before loading the model
-    scores = None
-    if scores_file is not None:  # scale (issue 12)
-        from .scale.pipeline import score_file
-
-        scores = score_file(scores_file)
-    result = run(recipe, scores=scores, in_place=True, command=command_line(), progress=_progress())
+    result = run(recipe, in_place=True, command=command_line(), progress=_progress())
     report = result.report
     if report.scores:
         console.print(_score_table(report.scores, set(report.removed_layers), report.metric))
@@ -255,7 +292,7 @@ def prune(ctx: typer.Context,
         table = Table(title=f"perplexity on {recipe.evaluation.ppl}")
         for col in ("model", "perplexity", "tokens"):
             table.add_column(col, justify="right")
-        for name in ("dense", "pruned"):
+        for name in [n for n in ("dense", "unrepaired", "pruned") if n in report.perplexity]:
             r = report.perplexity[name]
             table.add_row(name, f"{r['ppl']:.3f}", str(r["tokens"]))
         console.print(table)
@@ -263,7 +300,13 @@ def prune(ctx: typer.Context,
         _print_task_results(result.evals, "task accuracy")
     if result.bench is not None:
         _print_comparison(result.bench.to_json())
-    console.print(f"saved pruned checkpoint to {recipe.output.path}")
+    if recipe.output.format == "gguf":
+        from .formats.gguf_prune import gguf_output_paths
+
+        console.print(f"saved pruned GGUF to {gguf_output_paths(recipe.output.path)[0]}")
+    else:
+        quant = f" ({recipe.quantization.method} weights)" if recipe.quantization.method else ""
+        console.print(f"saved pruned checkpoint{quant} to {recipe.output.path}")
 
 
 def _print_task_results(by_role: dict, title: str) -> None:
@@ -317,6 +360,12 @@ def sweep(model: str = ModelArg,
           protect_first: int = typer.Option(0, "--protect-first", help="Never remove the first K layers."),
           protect_last: int = typer.Option(0, "--protect-last", help="Never remove the last K layers."),
           dtype: str = DtypeOpt, device: str = DeviceOpt,
+          # --- issue 11: LaCo settings and lm-eval accuracy per sweep point ---
+          laco: Optional[str] = LacoOpt,
+          tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks run at every point (e.g. mmlu,hellaswag): accuracy columns and a second plot panel."),
+          limit: Optional[float] = typer.Option(None, "--limit", help="lm-eval documents per task (int) or share (<1); per subtask for mmlu."),
+          task_data_dir: Optional[Path] = typer.Option(None, "--task-data-dir", help="Offline task data (layout in docs/lmeval-tasks.md)."),
+          # --- end issue 11 ---
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
     """Perplexity vs layers removed for each metric/strategy (CSV, JSON, line plot, angular heatmap)."""
     from .export import check_output_dir
@@ -332,7 +381,13 @@ def sweep(model: str = ModelArg,
             count_list = [int(c) for c in _csv_list(counts, "counts")]
         except ValueError:
             raise DepthpruneError(f"--counts must be comma-separated whole numbers, got '{counts}'") from None
-    result = api_sweep(model, metrics=metric_list, strategies=strategy_list, max_remove=max_remove, counts=count_list,
+    if laco is not None:
+        from .merging import LacoSettings
+
+        LacoSettings.parse(laco)
+    task_options = _eval_options(limit, None, task_data_dir, batch_size) if tasks is not None else None
+    result = api_sweep(model, laco=laco, tasks=tasks, task_options=task_options,
+                       metrics=metric_list, strategies=strategy_list, max_remove=max_remove, counts=count_list,
                        data=data, ppl=ppl, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
                        text_field=text_field, ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens,
                        protect_first=protect_first, protect_last=protect_last, dtype=dtype, device=device,
@@ -347,6 +402,17 @@ def sweep(model: str = ModelArg,
     console.print(table)
     for note in result.skipped:
         console.print(f"skipped {note}")
+    for task in result.dense_tasks or {}:  # issue 11: accuracy per point, sudden drops
+        acc = Table(title=f"{task} accuracy vs layers removed (dense {result.dense_tasks[task]['acc']:.3f})")
+        acc.add_column("metric/strategy")
+        for n in result.counts:
+            acc.add_column(f"-{n}", justify="right")
+        for key, pts in result.accuracy_lines(task).items():
+            acc.add_row(key, *[f"{a:.3f}" for _, a, _ in pts[1:]])
+        console.print(acc)
+        for key, ns in result.drops()[task].items():
+            if ns:
+                console.print(f"sudden drop in {task} {key} at {ns} layers removed")
     save_sweep(result, out, overwrite=overwrite)
     console.print(f"wrote {out}/sweep.csv, sweep.json, sweep.png, angular_heatmap.png")
 
@@ -476,6 +542,112 @@ def report(directory: Path = typer.Argument(..., help="Output directory of `dept
 
     paths = write_report(directory)
     console.print(f"wrote {paths.markdown}, {paths.html} and refreshed {paths.model_card}")
+
+
+# --- width: `depthprune heads` (issue 11) -----------------------------------------------------------
+
+@app.command()
+def heads(model: str = ModelArg, data: str = DataOpt,
+          out: Path = typer.Option(..., "--out", help="Output directory: heads.json, heads.png (and model/ with --remove-per-layer)."),
+          samples: int = typer.Option(16, "--samples", help="Calibration sequences (split into two disjoint halves)."),
+          seq_len: int = typer.Option(128, "--seq-len", help="Tokens per calibration sequence."),
+          batch_size: int = BatchOpt, seed: int = SeedOpt, text_field: str = TextFieldOpt,
+          metrics: str = typer.Option("loss,oproj-norm", "--metrics", help="Head scores: loss (masked loss increase), oproj-norm."),
+          units: str = typer.Option("group,query", "--units", help="group (KV group), query (query head), or both."),
+          remove_per_layer: Optional[int] = typer.Option(None, "--remove-per-layer", help="Also remove the K least important units of every layer."),
+          remove_unit: str = typer.Option("group", "--remove-unit", help="Unit removed by --remove-per-layer: group or query."),
+          select_by: str = typer.Option("loss", "--select-by", help="Score that picks the units to remove: loss or oproj-norm."),
+          ppl: Optional[str] = typer.Option(None, "--ppl", help="Text SPEC: perplexity dense vs heads removed."),
+          ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for perplexity."),
+          ppl_max_tokens: int = typer.Option(4096, "--ppl-max-tokens", help="Token budget for perplexity."),
+          dtype: str = DtypeOpt, device: str = DeviceOpt,
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+    """Importance of every attention head / KV group per layer, pattern statistics vs layer importance, head removal."""
+    from .data import validate_spec
+    from .export import check_output_dir
+    from .width import remove_lowest_heads, save_heads, score_heads
+
+    check_output_dir(out, overwrite)
+    if ppl is not None:
+        validate_spec(ppl, allow_self=False)
+    if remove_per_layer is not None and remove_per_layer < 1:
+        raise DepthpruneError(f"--remove-per-layer must be at least 1, got {remove_per_layer}")
+    metric_list, unit_list = _csv_list(metrics, "metrics"), _csv_list(units, "units")
+    if remove_per_layer is not None and (select_by not in metric_list or remove_unit not in unit_list):
+        raise DepthpruneError(f"--select-by {select_by} --remove-unit {remove_unit} needs those scores: "
+                              f"add {select_by} to --metrics and {remove_unit} to --units")
+    report, loaded = score_heads(model, data=data, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                                 text_field=text_field, metrics=metric_list, units=unit_list, dtype=dtype,
+                                 device=device, progress=_progress())
+    table = Table(title=f"pattern statistics (two disjoint calibration halves of {samples // 2} sequences)")
+    for col in ("scores", "split-half rho", "within-layer split-half rho", "neighbour-layer rho", "depth rho",
+                "between-layer share"):
+        table.add_column(col, justify="right")
+    for key, st in report.patterns.items():
+        table.add_row(key, *[f"{st[k]:.3f}" if k in st else "-" for k in (
+            "split_half_spearman", "split_half_within_layer_spearman", "neighbour_layer_spearman", "depth_spearman",
+            "between_layer_share")])
+    console.print(table)
+    removal = pruned = None
+    if remove_per_layer is not None:
+        removal, pruned = remove_lowest_heads(loaded.model, loaded.tokenizer, report, per_layer=remove_per_layer,
+                                              unit=remove_unit, select_by=select_by, ppl=ppl, ppl_seq_len=ppl_seq_len,
+                                              ppl_max_tokens=ppl_max_tokens, progress=_progress())
+        kind = "removed (checkpoint in model/)" if removal.checkpoint else f"masked only: {removal.reason}"
+        console.print(f"heads {kind}; {removal.parameter_share:.1%} of parameters")
+        for role, r in removal.perplexity.items():
+            console.print(f"perplexity {role}: {r['ppl']:.2f}")
+    save_heads(report, out, removal=removal, pruned=pruned, tokenizer=loaded.tokenizer, overwrite=overwrite)
+    console.print(f"wrote {out}/heads.json, heads.png" + (", model/" if pruned is not None else ""))
+
+# --- end width ----------------------------------------------------------------------------------------
+
+
+# --- depthprune repair (issue 10) ---
+@app.command("repair")
+def repair_cmd(pruned_dir: Path = typer.Argument(..., help="Output directory of `depthprune prune`."),
+               out: Path = typer.Option(..., "--out", help="Where to write the repaired checkpoint."),
+               method: str = typer.Option(..., "--method", help="linear, lora or linear,lora."),
+               repair_objective: str = RepairObjectiveOpt, repair_data: Optional[str] = RepairDataOpt,
+               repair_tokens: int = RepairTokensOpt, distill: bool = DistillOpt, repair_lr: float = RepairLrOpt,
+               repair_rank: int = RepairRankOpt, repair_seq_len: int = RepairSeqLenOpt,
+               data: Optional[str] = typer.Option(None, "--data", help="Calibration SPEC for linear repair (default: the one the prune run recorded)."),
+               samples: Optional[int] = typer.Option(None, "--samples", help="Calibration sequences for linear repair (default: recorded)."),
+               seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Calibration sequence length (default: recorded)."),
+               seed: int = SeedOpt,
+               eval_ppl: Optional[str] = typer.Option(None, "--eval-ppl", help="Text SPEC: perplexity before and after repair."),
+               ppl_seq_len: int = typer.Option(512, "--ppl-seq-len", help="Window length for --eval-ppl."),
+               ppl_max_tokens: int = typer.Option(40_000, "--ppl-max-tokens", help="Token budget for --eval-ppl."),
+               dtype: str = DtypeOpt, device: str = DeviceOpt,
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory.")) -> None:
+    """Repair an existing depthprune output (linear needs the dense model: read from its depthprune.json)."""
+    from .api import repair as repair_api
+    from .recipe import CalibrationRecipe, RepairRecipe
+    from .repair.stage import calibration_recipe_of, read_output
+
+    rr = RepairRecipe(methods=_parse_methods(method), objective=repair_objective, data=repair_data,
+                      tokens=repair_tokens, distill=distill, lr=repair_lr, rank=repair_rank, seq_len=repair_seq_len,
+                      seed=seed)
+    rr.validate()
+    calibration = None
+    if data is not None or samples is not None or seq_len is not None:
+        base = calibration_recipe_of(read_output(pruned_dir)) if data is None else CalibrationRecipe(data=data)
+        calibration = CalibrationRecipe(data=data or base.data, samples=samples or base.samples,
+                                        seq_len=seq_len or base.seq_len, seed=base.seed)
+        calibration.validate()
+    result = repair_api(pruned_dir, rr, out=out, overwrite=overwrite, calibration=calibration, eval_ppl=eval_ppl,
+                        ppl_seq_len=ppl_seq_len, ppl_max_tokens=ppl_max_tokens, dtype=dtype, device=device,
+                        command=command_line(), progress=_progress())
+    if result.report.perplexity:
+        table = Table(title=f"perplexity on {eval_ppl}")
+        for col in ("model", "perplexity", "tokens"):
+            table.add_column(col, justify="right")
+        for name in [n for n in ("dense", "unrepaired", "pruned") if n in result.report.perplexity]:
+            r = result.report.perplexity[name]
+            table.add_row("repaired" if name == "pruned" and eval_ppl else name, f"{r['ppl']:.3f}", str(r["tokens"]))
+        console.print(table)
+    console.print(f"saved repaired checkpoint to {out}")
+# --- end depthprune repair ---
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -199,6 +199,17 @@ class CachedLayerRunner:
         """Mean calibration NLL with the committed removals plus ``candidate`` skipped (None: only the committed)."""
         gone = set(self.removed) | ({candidate} if candidate is not None else set())
         start = candidate if candidate is not None else self.num_layers
+        return self._loss_from(start, gone)
+
+    def loss_from(self, start: int) -> float:
+        """Mean calibration NLL re-running layers ``start``.. as the model is now (committed removals skipped),
+        from the cached input of layer ``start``: a change made inside layer ``start`` or later (e.g. masked
+        attention heads) is measured without re-running the layers before it."""
+        if not 0 <= start < self.num_layers:
+            raise ValueError(f"start layer {start} is out of range 0..{self.num_layers - 1}")
+        return self._loss_from(start, set(self.removed))
+
+    def _loss_from(self, start: int, gone: set[int]) -> float:
         total = 0.0
         with torch.inference_mode():
             for batch in self.batches:

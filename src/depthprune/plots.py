@@ -80,12 +80,17 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
 def plot_sweep(result, path: Path, *, title: str = "") -> Path:
     """Perplexity (log scale) against layers removed: colour = metric, line style = strategy, dense at n = 0."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
+    with_tasks = bool(getattr(result, "dense_tasks", None))
+    if with_tasks:  # second panel: lm-eval accuracy vs layers removed, sudden drops circled
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15.0, 4.8), dpi=120)
+        _plot_accuracy(result, ax2)
+    else:
+        fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=120)
     lines = result.lines()
     metrics = sorted({key.split("/", 1)[0] for key in lines})
     colors = plt.get_cmap("tab10")
-    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-."}
-    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D"}
+    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-.", "laco": (0, (5, 1, 1, 1))}
+    markers = {"one-shot": "o", "iterative": "s", "block": "^", "greedy-ppl": "D", "laco": "x"}
     for key, pts in sorted(lines.items()):
         metric, strategy = key.split("/", 1)
         xs, ys = zip(*pts)
@@ -105,6 +110,31 @@ def plot_sweep(result, path: Path, *, title: str = "") -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _plot_accuracy(result, ax) -> None:
+    """Accuracy per task and metric/strategy against layers removed; sudden drops (sweep.sudden_drops) circled."""
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    styles = {"one-shot": "-", "iterative": "--", "block": ":", "greedy-ppl": "-.", "laco": (0, (5, 1, 1, 1))}
+    drops = result.drops()
+    k = 0
+    for task in result.dense_tasks:
+        for key, pts in sorted(result.accuracy_lines(task).items()):
+            xs, ys, errs = zip(*pts)
+            color = colors[k % len(colors)]
+            k += 1
+            ax.errorbar(xs, ys, yerr=[e or 0.0 for e in errs], color=color, capsize=2, markersize=3.5, marker="o",
+                        linestyle=styles.get(key.split("/", 1)[1], "-"), linewidth=1.2, label=f"{task} {key}")
+            for n in drops.get(task, {}).get(key, []):
+                ax.plot([n], [dict((x, y) for x, y, _ in pts)[n]], marker="o", markersize=11, markerfacecolor="none",
+                        markeredgecolor="red", linestyle="none")
+    ax.set_xlabel("layers removed")
+    limit = (result.task_settings or {}).get("limit")
+    ax.set_ylabel(f"accuracy (lm-eval acc{f', limit {limit}' if limit else ''})")
+    ax.set_xticks(sorted({0, *result.counts}))
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("accuracy vs layers removed (red circle = sudden drop)", fontsize=10)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Path, *, title: str = "") -> Path:

@@ -45,12 +45,18 @@ class SelectionRecipe:
     remove: int | None = None
     ratio: float | None = None
     layers: list[int] | None = None  # explicit 0-based layers; no scoring at all
+    scores: str | None = None  # a scores JSON from `depthprune score`: choose from it instead of scoring
     metric: str | None = None  # None: the strategy's default (bi, angular for block, ppl for greedy-ppl)
     strategy: str = "one-shot"
     protect_first: int = 0
     protect_last: int = 0
+    laco: str | None = None  # LaCo settings "C=3,L=1,I=1,T=0.5" for strategy laco (issue 11); None: defaults
 
     def validate(self) -> None:
+        if self.laco is not None:
+            from .merging import LacoSettings
+
+            LacoSettings.parse(self.laco)
         if self.layers is not None:
             if self.remove is not None or self.ratio is not None:
                 raise DepthpruneError("give either explicit layers or a count (--remove/--ratio), not both")
@@ -107,14 +113,37 @@ class OutputRecipe:
 
     path: str | None = None  # None: nothing is saved (API use)
     overwrite: bool = False
-    format: str = "hf"  # hf: a transformers checkpoint directory
+    format: str = "hf"  # hf: a transformers checkpoint directory; gguf: a GGUF file (DIR/model.gguf or FILE.gguf)
+    gguf_type: str = "f16"  # with format gguf: f32, f16, bf16 or q8_0 (depthprune.formats.gguf_export)
 
     def validate(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise DepthpruneError(f"unknown output format '{self.format}'; choose one of {', '.join(OUTPUT_FORMATS)}")
+        # --- GGUF output (issue 9 section 1): path X.gguf = one file, any other path = a directory with model.gguf
+        if self.format != "gguf" and self.path is not None and self.path.lower().endswith(".gguf"):
+            raise DepthpruneError(f"output path {self.path} ends in .gguf but the output format is '{self.format}'; "
+                                  "use format gguf (--format gguf) or a directory path")
+        if self.format == "gguf":
+            from .formats.gguf_export import check_gguf_type
+
+            check_gguf_type(self.gguf_type)
 
 
-OUTPUT_FORMATS = ("hf",)
+OUTPUT_FORMATS = ("hf", "gguf")
+
+
+@dataclass
+class QuantizationRecipe:
+    """Weight-only quantization of the pruned model (torchao; see :mod:`depthprune.formats.quantize`)."""
+
+    method: str | None = None  # None: off; int8 or int4
+    group_size: int = 32  # int4 only: inputs per scale
+
+    def validate(self) -> None:
+        if self.method is not None:
+            from .formats.quantize import check_method
+
+            check_method(self.method, self.group_size)
 
 
 @dataclass
@@ -138,6 +167,58 @@ class RuntimeRecipe:
         _positive(self, "activation_budget_mb")
 
 
+# --- repair (issue 10) ---------------------------------------------------------------------------
+REPAIR_METHODS = ("linear", "lora")
+
+
+@dataclass
+class RepairRecipe:
+    """Repair after removal; ``methods=[]`` (default) is off. ``linear`` then ``lora`` when both are given.
+
+    linear: a map per removed run fitted on the dense model's calibration activations (``objective`` lstsq or
+    cosine, ``ridge``), folded into the layer before the run. lora: peft LoRA on ``data`` for ``tokens``
+    tokens (next-token loss, or KL to the dense model with ``distill``), merged into the weights.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    objective: str = "lstsq"
+    ridge: float | None = None  # None: chosen per removed run by 2-fold cross-validation on the calibration
+    cosine_steps: int = 30
+    data: str | None = None
+    tokens: int = 32768
+    seq_len: int = 256
+    distill: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 1e-3
+    batch_size: int = 4
+    eval_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in REPAIR_METHODS]
+        if bad:
+            raise DepthpruneError(f"unknown repair method '{bad[0]}'; choose from {', '.join(REPAIR_METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise DepthpruneError(f"a repair method is named twice: {','.join(self.methods)}")
+        if self.methods and self.methods != [m for m in REPAIR_METHODS if m in self.methods]:
+            raise DepthpruneError("repair methods run linear first, then lora: write --repair linear,lora")
+        if self.objective not in ("lstsq", "cosine"):
+            raise DepthpruneError(f"unknown --repair-objective '{self.objective}'; choose lstsq or cosine")
+        if (self.ridge is not None and self.ridge < 0) or self.lr <= 0 or self.alpha <= 0:
+            raise DepthpruneError("the repair ridge must be >= 0, and the LoRA lr and alpha > 0")
+        _positive(self, "cosine_steps", "tokens", "seq_len", "rank", "batch_size", "eval_every")
+        if "lora" in self.methods:
+            if self.data is None:
+                raise DepthpruneError("lora repair needs text to train on: give --repair-data SPEC")
+            from .data import validate_spec
+
+            validate_spec(self.data, allow_self=False)
+            if self.tokens < self.seq_len:
+                raise DepthpruneError(f"--repair-tokens {self.tokens} is less than one window of {self.seq_len} tokens")
+# --- end repair ----------------------------------------------------------------------------------
+
+
 @dataclass
 class Recipe:
     """One pruning run, stage by stage. ``Recipe.load(path)`` / ``to_json()`` round-trip exactly."""
@@ -148,6 +229,8 @@ class Recipe:
     evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
     output: OutputRecipe = field(default_factory=OutputRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    repair: RepairRecipe = field(default_factory=RepairRecipe)
+    quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
     version: int = RECIPE_VERSION
 
     def validate(self, *, check_data: bool = True) -> "Recipe":
@@ -161,6 +244,12 @@ class Recipe:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.selection.strategy == "laco" and "linear" in self.repair.methods:
+            raise DepthpruneError("linear repair fits its map on the unmerged model's activations, which LaCo's merged "
+                                  "layers no longer produce; use --repair lora with --strategy laco")
+        if self.quantization.method is not None and self.output.format == "gguf":
+            raise DepthpruneError("--quantize makes torchao checkpoints (--format hf); for a quantized GGUF "
+                                  "use --gguf-type q8_0 instead")
         if check_data and self.selection.layers is None:
             from .data import validate_spec
 
@@ -244,4 +333,5 @@ def _positive(section, *names: str) -> None:
 
 
 SECTIONS = {"calibration": CalibrationRecipe, "selection": SelectionRecipe, "evaluation": EvaluationRecipe,
-            "output": OutputRecipe, "runtime": RuntimeRecipe}
+            "output": OutputRecipe, "runtime": RuntimeRecipe, "quantization": QuantizationRecipe}
+SECTIONS["repair"] = RepairRecipe

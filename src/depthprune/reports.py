@@ -65,6 +65,7 @@ class PruneReport:
     indexing: str = "0-based, original numbering"
     command: str | None = None  # the command line that produced it (None: made through the Python API)
     recipe: dict | None = None  # the Recipe that produced it (depthprune prune --recipe replays it)
+    repair: dict | None = None  # what the repair stage did and measured (depthprune.repair), None: no repair
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -12,6 +12,10 @@ original first/last layers):
   from the same one pass; the angular metric already covers "distance between block input and output").
 * ``greedy-ppl``: SLEB-style greedy removal by calibration loss with cached activations
   (see :mod:`depthprune.loss_metrics`).
+* ``laco``: LaCo layer collapse: runs of consecutive layers are merged into their first layer
+  (parameter differences added), kept where the final hidden states stay similar (see
+  :mod:`depthprune.merging.laco`). Its metric is ``similarity`` (no per-layer scores); its
+  Selection carries the merges in ``details["merges"]``, which :func:`apply_selection` applies.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ from .surgery import pruned_view
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("one-shot", "iterative", "block", "greedy-ppl")
+STRATEGIES = ("one-shot", "iterative", "block", "greedy-ppl", "laco")
 BLOCK_METRICS = ("angular", "angular-all", "bi", "relative-magnitude")
 DATA_FREE = {"reverse-order", "random"}
-DEFAULT_METRIC = {"one-shot": "bi", "iterative": "bi", "block": "angular", "greedy-ppl": "ppl"}
+DEFAULT_METRIC = {"one-shot": "bi", "iterative": "bi", "block": "angular", "greedy-ppl": "ppl", "laco": "similarity"}
 
 
 def resolve(metric: str | None, strategy: str) -> str:
@@ -44,6 +48,11 @@ def resolve(metric: str | None, strategy: str) -> str:
         raise DepthpruneError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
     if metric is None:
         return DEFAULT_METRIC[strategy]
+    if strategy == "laco":
+        if metric != "similarity":
+            raise DepthpruneError(f"strategy 'laco' picks layers by its own hidden-state similarity check; "
+                                  f"drop --metric {metric}")
+        return metric
     check_metric(metric)
     if strategy == "block" and metric not in BLOCK_METRICS:
         raise DepthpruneError(f"strategy 'block' needs a metric that scores contiguous blocks "
@@ -131,7 +140,7 @@ def _check_count(n: int, total: int, protected: set[int], protect_first: int, pr
 def plan(model: nn.Module, calibration: CalibrationSet, counts: Sequence[int], *, metric: str | None = None,
          strategy: str = "one-shot", protect_first: int = 0, protect_last: int = 0, batch_size: int = 8,
          seed: int = 0, precomputed: dict[str, MetricScores] | None = None,
-         progress: bool = True) -> tuple[dict[int, Selection], MetricScores | None]:
+         progress: bool = True, laco=None) -> tuple[dict[int, Selection], MetricScores | None]:
     """Removal sets for several counts at once (one scoring for one-shot/block, one run to max(counts)
     for iterative/greedy-ppl, whose results are nested). Returns ({n: Selection}, first-round scores)."""
     metric = resolve(metric, strategy)
@@ -142,6 +151,18 @@ def plan(model: nn.Module, calibration: CalibrationSet, counts: Sequence[int], *
         _check_count(n, total, protected, protect_first, protect_last)
     precomputed = precomputed or {}
     result: dict[int, Selection] = {}
+
+    if strategy == "laco":  # laco: settings (LacoSettings or "C=..,T=.." string); merges searched per count
+        from .merging.laco import LacoSettings, laco as laco_search
+
+        settings = laco if isinstance(laco, LacoSettings) else LacoSettings.parse(laco)
+        settings.lowest = max(settings.lowest, protect_first)
+        for n in counts:
+            r = laco_search(model, calibration, n, settings, batch_size=batch_size, protect_last=protect_last,
+                            progress=progress)
+            result[n] = Selection(metric, strategy, n, r.removed,
+                                  details={"merges": r.merges, "trials": r.trials, "laco_settings": r.settings})
+        return result, None
 
     if strategy == "greedy-ppl" or (strategy == "iterative" and metric == "ppl"):
         from .loss_metrics import greedy_ppl
@@ -204,11 +225,24 @@ def _angular_blocks(model, calibration, metric, counts, batch_size, progress) ->
                           progress=progress)[metric]
 
 
+def apply_selection(model: nn.Module, selection: Selection, *, in_place: bool = False) -> nn.Module:
+    """The pruned model for ``selection``: layers removed, or for ``laco`` merged then removed."""
+    from .surgery import pruned_copy, remove_layers
+
+    if selection.strategy == "laco":
+        from .merging.laco import apply_merges, merged_copy
+
+        merges = selection.details["merges"]
+        return apply_merges(model, merges) if in_place else merged_copy(model, merges)
+    return remove_layers(model, selection.removed) if in_place else pruned_copy(model, selection.removed)
+
+
 def select(model: nn.Module, calibration: CalibrationSet, n: int, **kwargs) -> tuple[Selection, MetricScores | None]:
     """Removal set for one count ``n`` (see :func:`plan` for the keyword arguments)."""
     chosen, scores = plan(model, calibration, [n], **kwargs)
     return chosen[n], scores
 
 
-__all__ = ["ALL_METRICS", "BLOCK_METRICS", "LOSS_METRICS", "MetricScores", "STRATEGIES", "Selection", "best_block",
+__all__ = ["ALL_METRICS", "BLOCK_METRICS", "LOSS_METRICS", "MetricScores", "STRATEGIES", "Selection",
+           "apply_selection", "best_block",
            "compute_scores", "plan", "resolve", "select"]

@@ -42,6 +42,27 @@ class SweepPoint:
     ppl: float
     nll: float
     tokens: int
+    tasks: dict | None = None  # task -> {"acc": .., "acc_stderr": .., ...} when the sweep ran lm-eval tasks
+
+
+# Sudden drops (the paper's "sharp drops at some layer counts"): between consecutive counts of one
+# metric/strategy line, a fall of accuracy larger than DROP_STDERR_K x the combined standard error
+# (sqrt(se_a^2 + se_b^2), lm-eval's stderr of the two points) AND at least DROP_MIN_POINTS points.
+DROP_STDERR_K = 2.0
+DROP_MIN_POINTS = 0.03
+
+
+def sudden_drops(line: list[tuple[int, float, float | None]], *, k: float = DROP_STDERR_K,
+                 min_points: float = DROP_MIN_POINTS) -> list[int]:
+    """Counts n (of (n, acc, stderr) in ascending n) where acc fell from the previous count by more
+    than ``k`` combined stderrs and by at least ``min_points`` (accuracy as a fraction)."""
+    drops = []
+    for (_, a0, s0), (n1, a1, s1) in zip(line, line[1:]):
+        fall = a0 - a1
+        se = ((s0 or 0.0) ** 2 + (s1 or 0.0) ** 2) ** 0.5
+        if fall >= min_points and fall > k * se:
+            drops.append(n1)
+    return drops
 
 
 @dataclass
@@ -62,6 +83,8 @@ class SweepResult:
     timings_s: dict
     protect_first: int = 0
     protect_last: int = 0
+    dense_tasks: dict | None = None   # lm-eval metrics of the dense model, when tasks were run
+    task_settings: dict | None = None  # tasks, limit, data_dir, num_fewshot
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
 
@@ -79,7 +102,27 @@ class SweepResult:
         for p in self.points:
             writer.writerow([p.metric, p.strategy, p.n_removed, " ".join(map(str, p.removed_layers)),
                              f"{p.ppl:.6g}", f"{p.nll:.6g}", p.tokens])
-        return buf.getvalue()
+        if self.dense_tasks is None:
+            return buf.getvalue()
+        return _with_task_columns(buf.getvalue(), self)
+
+    def accuracy_lines(self, task: str, metric: str = "acc") -> dict[str, list[tuple[int, float, float | None]]]:
+        """{'metric/strategy': [(n_removed, acc, stderr), ...]} from the dense point (0, ...)."""
+        if not self.dense_tasks or task not in self.dense_tasks:
+            return {}
+        d = self.dense_tasks[task]
+        out: dict[str, list[tuple[int, float, float | None]]] = {}
+        for p in self.points:
+            if p.tasks and task in p.tasks:
+                t = p.tasks[task]
+                out.setdefault(f"{p.metric}/{p.strategy}", [(0, d[metric], d.get(f"{metric}_stderr"))]).append(
+                    (p.n_removed, t[metric], t.get(f"{metric}_stderr")))
+        return out
+
+    def drops(self, metric: str = "acc") -> dict[str, dict[str, list[int]]]:
+        """{task: {'metric/strategy': [counts with a sudden drop]}} (see :func:`sudden_drops`)."""
+        return {task: {k: sudden_drops(v) for k, v in self.accuracy_lines(task, metric).items()}
+                for task in (self.dense_tasks or {})}
 
     def lines(self) -> dict[str, list[tuple[int, float]]]:
         """{'metric/strategy': [(n_removed, ppl), ...]} starting at the dense point (0, ppl)."""
@@ -97,6 +140,28 @@ class SweepResult:
         return best
 
 
+def _with_task_columns(text: str, result: "SweepResult") -> str:
+    """The CSV with one ``<task>_acc`` and ``<task>_acc_stderr`` column per task appended."""
+    tasks = list(result.dense_tasks or {})
+    rows = list(csv.reader(io.StringIO(text)))
+    rows[0] += [c for t in tasks for c in (f"{t}_acc", f"{t}_acc_stderr")]
+
+    def cells(metrics: dict | None) -> list[str]:
+        out = []
+        for t in tasks:
+            m = (metrics or {}).get(t) or {}
+            out += [f"{m['acc']:.6g}" if m.get("acc") is not None else "",
+                    f"{m['acc_stderr']:.6g}" if m.get("acc_stderr") is not None else ""]
+        return out
+
+    rows[1] += cells(result.dense_tasks)
+    for row, p in zip(rows[2:], result.points):
+        row += cells(p.tasks)
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
 def combinations(metrics: Sequence[str], strategies: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """Valid (metric, strategy) pairs in the given order, and a note for each pair that is skipped."""
     for m in metrics:
@@ -108,6 +173,9 @@ def combinations(metrics: Sequence[str], strategies: Sequence[str]) -> tuple[lis
     for s in strategies:
         if s == "greedy-ppl":
             pairs.append(("ppl", s))
+            continue
+        if s == "laco":
+            pairs.append(("similarity", s))
             continue
         for m in metrics:
             try:
@@ -134,7 +202,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
               strategies: Sequence[str], counts: Sequence[int], protect_first: int = 0, protect_last: int = 0,
               batch_size: int = 8, ppl_batch_size: int = 1, seed: int = 0, source: str = "",
               skip: Sequence[str] = (), precomputed: dict[str, MetricScores] | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, laco=None, tasks: Sequence[str] | None = None,
+              task_options: dict | None = None) -> SweepResult:
     """The sweep on an in-memory model with ready calibration and evaluation windows.
 
     ``skip``: "metric/strategy" pairs to leave out; ``precomputed``: ppl/taylor scores already
@@ -174,7 +243,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
         else:
             chosen, first = timed(f"select:{m}/{s}", lambda: plan(
                 model, calibration, counts, metric=m, strategy=s, protect_first=protect_first,
-                protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre, progress=progress))
+                protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre, progress=progress,
+                laco=laco))
             if m == "ppl" and s in ("greedy-ppl", "iterative"):
                 greedy = chosen
                 if "ppl" not in pre and first is not None:
@@ -192,12 +262,43 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
                     desc=f"ppl without {list(key)}" if key else "ppl dense").to_json())
         return evaluated[key]
 
-    dense = evaluate(())
+    task_options = dict(task_options or {})
+    task_results: dict = {}
+
+    def run_tasks(m, key) -> dict | None:  # lm-eval accuracy of one model (None without --tasks)
+        if not tasks:
+            return None
+        if key not in task_results:
+            from .evaluation import evaluate_tasks
+
+            out = timed("tasks", lambda: evaluate_tasks(m, tokenizer, list(tasks), **task_options))
+            task_results[key] = {t: v["metrics"] for t, v in out["tasks"].items()}
+        return task_results[key]
+
+    def evaluate_merged(selection: Selection) -> tuple[dict, dict | None]:  # laco: merged weights differ
+        from .strategies import apply_selection
+
+        merged = apply_selection(model, selection)
+        r = timed("evaluation", lambda: perplexity_on(merged, windows, batch_size=ppl_batch_size, progress=progress,
+                                                      desc=f"ppl laco {selection.details['merges']}").to_json())
+        t = run_tasks(merged, ("laco", str(selection.details["merges"])))
+        del merged
+        return r, t
+
+    def evaluate_removed(removed: Sequence[int]) -> tuple[dict, dict | None]:
+        r = evaluate(removed)
+        if not tasks:
+            return r, None
+        key = tuple(sorted(removed))
+        with pruned_view(model, key):
+            return r, run_tasks(model, key)
+
+    dense, dense_tasks = evaluate_removed(())
     points = []
     for (m, s), chosen in selections.items():
         for n in counts:
-            r = evaluate(chosen[n].removed)
-            points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"]))
+            r, t = evaluate_merged(chosen[n]) if s == "laco" else evaluate_removed(chosen[n].removed)
+            points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"], t))
             log.info("%s/%s n=%d removed %s ppl %.3f", m, s, n, chosen[n].removed, r["ppl"])
     timings["distinct_removal_sets_evaluated"] = float(len(evaluated))
     return SweepResult(
@@ -207,7 +308,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
         scores={k: v.scores for k, v in pre.items()}, angular_blocks=pre["angular"].blocks or {}, skipped=skipped,
         calibration=dict(calibration.settings), evaluation=dict(windows.settings),
         timings_s={k: round(v, 3) for k, v in timings.items()}, protect_first=protect_first,
-        protect_last=protect_last)
+        protect_last=protect_last, dense_tasks=dense_tasks,
+        task_settings={"tasks": list(tasks), **{k: v for k, v in task_options.items()}} if tasks else None)
 
 
 def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "relative-magnitude", "ppl",
@@ -216,14 +318,23 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
           data: str | CalibrationSet = "builtin", ppl: str = "builtin:heldout", samples: int = 32, seq_len: int = 256,
           batch_size: int = 8, seed: int = 0, text_field: str = "text", ppl_seq_len: int = 512,
           ppl_max_tokens: int = 16_384, ppl_batch_size: int = 1, protect_first: int = 0, protect_last: int = 0,
-          dtype: str = "float32", device: str = "cpu", progress: bool = True) -> SweepResult:
-    """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy."""
+          dtype: str = "float32", device: str = "cpu", progress: bool = True, laco=None,
+          tasks: str | Sequence[str] | None = None, task_options: dict | None = None) -> SweepResult:
+    """Perplexity on ``ppl`` after removing 1..max_remove layers (or each of ``counts``), per metric/strategy.
+    ``laco``: LaCo settings for the ``laco`` strategy (LacoSettings or "C=..,T=.." string).
+    ``tasks``: lm-eval tasks run on every point (dense and each removal set), with ``task_options``
+    (data_dir, limit, num_fewshot, batch_size) as in :func:`depthprune.evaluation.evaluate_tasks`."""
     from .api import as_loaded, calibration_set
 
     if isinstance(data, str):
         validate_spec(data)
     validate_spec(ppl, allow_self=False)
     combinations(metrics, strategies)  # bad names fail before loading anything
+    task_list = None
+    if tasks is not None:
+        from .evaluation import check_tasks
+
+        task_list = check_tasks(tasks, (task_options or {}).get("data_dir"))
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device)
     total = len(layout(loaded.model).layers(loaded.model))
     chosen = sweep_counts(total, max_remove, counts)
@@ -235,7 +346,8 @@ def sweep(model, tokenizer=None, *, metrics: Sequence[str] = ("bi", "angular", "
                                  max_tokens=ppl_max_tokens, source=ppl)
     result = run_sweep(loaded.model, loaded.tokenizer, calibration, windows, metrics=metrics, strategies=strategies,
                        counts=chosen, protect_first=protect_first, protect_last=protect_last, batch_size=batch_size,
-                       ppl_batch_size=ppl_batch_size, seed=seed, source=loaded.source, progress=progress)
+                       ppl_batch_size=ppl_batch_size, seed=seed, source=loaded.source, progress=progress,
+                       laco=laco, tasks=task_list, task_options=task_options)
     result.model_type = loaded.info.get("model_type") or result.model_type
     return result
 

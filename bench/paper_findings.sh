@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The numbers of docs/paper-findings.md: ShortGPT's other findings on the bundled models.
+# Usage: bash bench/paper_findings.sh [SECTION...]
+#   sections: heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2 mmlu-smollm2
+#   (default: all but mmlu-smollm2, in turn)
+# Tiny on purpose: the 2 CPU cores were shared by ~7 engineers' jobs (load average ~20; one of
+# these processes got ~6% of a core). Calibration 8 sequences x 32 tokens of the PG-19 books for the
+# head scores (two disjoint halves of 4), 8 x 64 for the sweeps; perplexity on the first 2,048
+# tokens of WikiText-2-raw test (512-token windows); HellaSwag with lm-eval --limit 20.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
+DATA=${DEPTHPRUNE_DATA_DIR:-$(cd .. && pwd)/shared/data}
+OUT=${OUT:-bench/results/paper-findings}
+PPL=(--ppl "$DATA/wikitext-2-raw/wiki.test.raw" --ppl-max-tokens 2048)
+HCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 32 --batch-size 8)
+SCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 64 --batch-size 8)
+SECTIONS=${*:-heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2}
+mkdir -p "$OUT"
+dp() { python3 -m depthprune.cli -q "$@"; }
+
+for s in $SECTIONS; do case $s in
+heads-smollm2)
+  # width: KV-group importance (3 groups of 3 query heads per layer), pattern statistics vs layer
+  # importance, and removing the least important KV group of every layer (a reloadable checkpoint)
+  dp heads smollm2-135m "${HCAL[@]}" --units group --remove-per-layer 1 --remove-unit group "${PPL[@]}" \
+     --out "$OUT/heads-smollm2-135m" --overwrite | tee "$OUT/heads-smollm2-135m.log" ;;
+heads-gemma3)
+  # Gemma 3 270M: 4 query heads sharing 1 KV group per layer, so query heads are the unit. Only the
+  # one-pass o_proj score: Gemma's 262k-token LM head makes every masked partial pass ~3x dearer.
+  dp heads gemma3-270m "${HCAL[@]}" --metrics oproj-norm --units query --remove-per-layer 1 --remove-unit query \
+     --select-by oproj-norm "${PPL[@]}" --out "$OUT/heads-gemma3-270m" --overwrite | tee "$OUT/heads-gemma3-270m.log" ;;
+sweep-smollm2)
+  # removal (BI one-shot) vs LaCo at equal layer counts
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 "${PPL[@]}" \
+     --out "$OUT/sweep-smollm2-135m" --overwrite | tee "$OUT/sweep-smollm2-135m.log" ;;
+sweep-gemma3)
+  dp sweep gemma3-270m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6 "${PPL[@]}" \
+     --out "$OUT/sweep-gemma3-270m" --overwrite | tee "$OUT/sweep-gemma3-270m.log" ;;
+tasks-smollm2)
+  # the ratio curve with accuracy: HellaSwag (first 20 documents) at every point of BI one-shot
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 2,4,6,8 "${PPL[@]}" \
+     --tasks hellaswag --limit 20 --task-data-dir "$DATA" \
+     --out "$OUT/tasks-smollm2-135m" --overwrite | tee "$OUT/tasks-smollm2-135m.log" ;;
+mmlu-smollm2)
+  # MMLU: 57 subtasks and the limit is per subtask; limit 1 = 57 questions per point
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 4,8 "${PPL[@]}" \
+     --tasks mmlu --limit 1 --task-data-dir "$DATA" \
+     --out "$OUT/sweep-mmlu-smollm2-135m" --overwrite | tee "$OUT/sweep-mmlu-smollm2-135m.log" ;;
+*) echo "unknown section $s" >&2; exit 2;;
+esac; done

@@ -1,0 +1,130 @@
+"""Markdown tables for docs/paper-findings.md from the outputs of bench/paper_findings.sh.
+
+    PYTHONPATH=src python bench/paper_findings_tables.py [bench/results/paper-findings]
+
+Reads heads-*/heads.json and sweep-*/sweep.json; for the parameter shares it loads each model
+once (from depthprune's cache) to count the parameters of one decoder layer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def fmt(v, digits=3):
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def layer_share(model_name: str) -> tuple[float, int]:
+    import depthprune as dp
+    from depthprune.architectures import layout
+    from depthprune.surgery import parameter_count
+
+    m = dp.load_model(model_name).model
+    per_layer = sum(p.numel() for p in layout(m).layers(m)[0].parameters())
+    return per_layer / parameter_count(m), parameter_count(m)
+
+
+def heads_tables(root: Path) -> None:
+    print("### Pattern statistics (Spearman rho; two disjoint calibration halves)\n")
+    print("| model | scores | split-half rho | within-layer split-half rho | neighbour-layer rho | depth rho | "
+          "between-layer share of variance |")
+    print("|---|---|---|---|---|---|---|")
+    for name in MODELS:
+        path = root / f"heads-{name}" / "heads.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        for key, st in data["patterns"].items():
+            print(f"| {name} | {key} | {fmt(st.get('split_half_spearman'))} | "
+                  f"{fmt(st.get('split_half_within_layer_spearman'))} | {fmt(st.get('neighbour_layer_spearman'))} | "
+                  f"{fmt(st.get('depth_spearman'))} | {fmt(st.get('between_layer_share'))} |")
+    print()
+
+
+def depth_vs_width(root: Path) -> None:
+    print("### Depth vs width: held-out perplexity vs share of parameters removed\n")
+    print("| model | removed | share of parameters | WikiText-2 PPL | checkpoint |")
+    print("|---|---|---|---|---|")
+    for name in MODELS:
+        heads = root / f"heads-{name}" / "heads.json"
+        sweep = root / f"sweep-{name}" / "sweep.json"
+        if not heads.exists() and not sweep.exists():
+            continue
+        share, total = layer_share(name)
+        if sweep.exists():
+            s = json.loads(sweep.read_text())
+            print(f"| {name} | nothing (dense) | 0.0% | {fmt(s['dense']['ppl'], 2)} | - |")
+            for p in s["points"]:
+                if p["strategy"] == "one-shot":
+                    print(f"| {name} | {p['n_removed']} layers (BI one-shot) {p['removed_layers']} | "
+                          f"{100 * share * p['n_removed']:.1f}% | {fmt(p['ppl'], 2)} | yes |")
+        if heads.exists():
+            h = json.loads(heads.read_text())
+            r = h.get("removal")
+            if r:
+                unit = "KV group" if r["unit"] == "group" else "query head"
+                role = "heads_removed" if r["checkpoint"] else "heads_masked"
+                print(f"| {name} | 1 {unit} per layer (lowest {r['select_by']}) | {100 * r['parameter_share']:.1f}% | "
+                      f"{fmt(r['perplexity'][role]['ppl'], 2)} | {'yes' if r['checkpoint'] else 'masked only'} |")
+    print()
+
+
+def laco_vs_removal(root: Path) -> None:
+    print("### Removal (BI one-shot) vs LaCo at equal layer counts (WikiText-2 PPL)\n")
+    print("| model | layers removed | BI one-shot | LaCo | LaCo: layers merged away (0-based) |")
+    print("|---|---|---|---|---|")
+    for name in MODELS:
+        sweep = root / f"sweep-{name}" / "sweep.json"
+        if not sweep.exists():
+            continue
+        s = json.loads(sweep.read_text())
+        by = {(p["strategy"], p["n_removed"]): p for p in s["points"]}
+        for n in s["counts"]:
+            a, b = by.get(("one-shot", n)), by.get(("laco", n))
+            print(f"| {name} | {n} | {fmt(a and a['ppl'], 2)} | {fmt(b and b['ppl'], 2)} | "
+                  f"{b['removed_layers'] if b else '-'} |")
+    print()
+
+
+def accuracy(root: Path) -> None:
+    from depthprune.sweep import sudden_drops
+
+    for folder in sorted([*root.glob("sweep-*"), *root.glob("tasks-*")]):
+        if not (folder / "sweep.json").exists():
+            continue
+        data = json.loads((folder / "sweep.json").read_text())
+        if not data.get("dense_tasks"):
+            continue
+        limit = (data.get("task_settings") or {}).get("limit")
+        for task, dense in data["dense_tasks"].items():
+            print(f"### {task} accuracy vs layers removed ({folder.name}, lm-eval limit {limit})\n")
+            print("| strategy | " + " | ".join(f"-{n}" for n in [0] + data["counts"]) + " | sudden drops at |")
+            print("|---|" + "---|" * (len(data["counts"]) + 2))
+            lines: dict = {}
+            for p in data["points"]:
+                if p.get("tasks") and task in p["tasks"]:
+                    t = p["tasks"][task]
+                    lines.setdefault(f"{p['metric']}/{p['strategy']}",
+                                     [(0, dense["acc"], dense.get("acc_stderr"))]).append(
+                        (p["n_removed"], t["acc"], t.get("acc_stderr")))
+            for key, pts in lines.items():
+                cells = [f"{a:.3f} ± {s:.3f}" if s else f"{a:.3f}" for _, a, s in pts]
+                print(f"| {key} | " + " | ".join(cells) + f" | {sudden_drops(pts) or 'none'} |")
+            print()
+
+
+def main(argv: list[str]) -> None:
+    root = Path(argv[1] if len(argv) > 1 else "bench/results/paper-findings")
+    heads_tables(root)
+    depth_vs_width(root)
+    laco_vs_removal(root)
+    accuracy(root)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,207 @@
+"""Held-out perplexity of 25%-pruned models under each repair: none / linear lstsq / linear cosine / lora /
+linear+lora, for BI one-shot, the best contiguous block and greedy-ppl removal sets; repair wall time and peak
+memory (RSS above the level at the start of the repair). Results are written to a JSON file after every row.
+
+    PYTHONPATH=src python bench/repair_table.py smollm2-135m --remove 7 --json bench/results/repair_smollm2-135m.json
+
+Texts: calibration (selection + linear fit) and LoRA repair data are Project Gutenberg books
+(/work/shared/data/gutenberg, different seeds); perplexity is on WikiText-2 raw test (disjoint from both).
+The greedy-ppl removal set is read from the strategies sweep (bench/results/MODEL/sweep.json) because
+re-running greedy selection does not fit this machine's CPU budget; its calibration is stated there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _memory import PeakMemory  # noqa: E402
+
+from depthprune.architectures import num_layers  # noqa: E402
+from depthprune.data import build_calibration, iter_texts, sequential_windows  # noqa: E402
+from depthprune.evaluation import perplexity_on  # noqa: E402
+from depthprune.models import load_model  # noqa: E402
+from depthprune.repair import collect_statistics, fold_linear_maps, lora_repair, repair_data, solve_maps  # noqa: E402
+from depthprune.strategies import compute_scores, select  # noqa: E402
+from depthprune.surgery import pruned_copy  # noqa: E402
+
+DATA = Path(os.environ.get("DEPTHPRUNE_DATA_DIR", "/work/shared/data"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--remove", type=int, required=True)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--ppl-tokens", type=int, default=2048)
+    p.add_argument("--ppl-seq-len", type=int, default=512)
+    p.add_argument("--lora-tokens", type=int, default=4096)
+    p.add_argument("--lora-seq-len", type=int, default=256)
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-on", default="block", help="comma list of strategies that also get lora rows")
+    p.add_argument("--lora-linear", default="lstsq", help="which linear objective precedes lora in linear+lora")
+    p.add_argument("--strategies", default="block,one-shot,greedy-ppl")
+    p.add_argument("--cosine-steps", type=int, default=30)
+    p.add_argument("--ridge", default="auto", help="float, or auto (2-fold cross-validation)")
+    p.add_argument("--objectives", default="lstsq,cosine")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--given", default=None, help="STRATEGY:L1,L2,... use this removal set instead of selecting")
+    p.add_argument("--skip-none", action="store_true", help="no unrepaired row (measured by another run)")
+    p.add_argument("--lora-only", action="store_true", help="only the lora rows (linear maps fitted, not evaluated)")
+    p.add_argument("--json", required=True)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(a.json)
+    result: dict = {"model": a.model, "remove": a.remove, "settings": vars(a), "rows": []}
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    lm = load_model(a.model)
+    model, tok = lm.model, lm.tokenizer
+    cal = build_calibration(str(DATA / "gutenberg"), tok, samples=a.samples, seq_len=a.seq_len, seed=0)
+    windows = sequential_windows(tok, iter_texts(str(DATA / "wikitext-2-raw" / "wiki.test.raw")),
+                                 seq_len=a.ppl_seq_len, max_tokens=a.ppl_tokens, source="wikitext-2-raw test")
+    result["calibration"] = dict(cal.settings)
+    result["evaluation"] = dict(windows.settings)
+
+    def ppl(m) -> float:
+        return perplexity_on(m, windows, progress=False).ppl
+
+    t = time.perf_counter()
+    result["dense_ppl"] = None if (a.lora_only or a.skip_none) else ppl(model)
+    result["dense_eval_s"] = time.perf_counter() - t
+    save()
+    total = num_layers(model.config)
+
+    selections: dict[str, list[int]] = {}
+    wanted = a.strategies.split(",")
+    if a.given:
+        name, _, layers = a.given.partition(":")
+        selections[name] = [int(v) for v in layers.split(",")]
+        wanted = [name]
+    elif "one-shot" in wanted or "block" in wanted:
+        scores = compute_scores(model, cal, ["bi", "angular"], block_sizes=(a.remove,), progress=False)
+        for strategy, metric in (("one-shot", "bi"), ("block", "angular")):
+            if strategy in wanted:
+                chosen, _ = select(model, cal, a.remove, metric=metric, strategy=strategy, precomputed=scores,
+                                   progress=False)
+                selections[strategy] = chosen.removed
+    if "greedy-ppl" in wanted and not a.given:
+        sweep = json.loads((Path(__file__).parent / "results" / a.model / "sweep.json").read_text())
+        point = [q for q in sweep["points"] if q["strategy"] == "greedy-ppl" and q["n_removed"] == a.remove]
+        if point:
+            selections["greedy-ppl"] = point[0]["removed_layers"]
+            result["greedy_source"] = {"file": f"bench/results/{a.model}/sweep.json",
+                                       "calibration": sweep.get("calibration")}
+    result["selections"] = selections
+    save()
+
+    def row(strategy, repair, m, seconds, peak, extra=None):
+        r = {"strategy": strategy, "removed": selections[strategy], "repair": repair, "ppl": ppl(m),
+             "repair_s": seconds, "repair_peak_mb": peak / 2**20 if peak is not None else None, **(extra or {})}
+        result["rows"].append(r)
+        save()
+        print(json.dumps({k: r[k] for k in ("strategy", "repair", "ppl", "repair_s")}), flush=True)
+
+    order = [s for s in wanted if s in selections]
+    repaired_linear: dict[tuple[str, str], torch.nn.Module] = {}
+    for strategy in order:
+        removed = selections[strategy]
+        if not a.lora_only and not a.skip_none:
+            row(strategy, "none", pruned_copy(model, removed), 0.0, None)
+        try:
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                stats = collect_statistics(model, cal, removed, keep_tokens=cal.num_tokens, progress=False)
+                collect_s = time.perf_counter() - t
+        except Exception as exc:  # e.g. a run starting at layer 0
+            result.setdefault("refused", []).append({"strategy": strategy, "reason": str(exc)})
+            save()
+            continue
+        ridge = None if a.ridge == "auto" else float(a.ridge)
+        for objective in ((a.lora_linear,) if a.lora_only else a.objectives.split(",")):
+            with PeakMemory() as mem2:
+                t = time.perf_counter()
+                maps, rep = solve_maps(stats, objective=objective, ridge=ridge, cosine_steps=a.cosine_steps)
+                pruned = pruned_copy(model, removed)
+                fold_linear_maps(pruned, maps, removed, total)
+                solve_s = time.perf_counter() - t
+            repaired_linear[(strategy, objective)] = pruned
+            if not a.lora_only:
+                row(strategy, f"linear-{objective}" + ("" if a.ridge == "auto" else f" (ridge {a.ridge})"), pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
+                    {"fit": rep.to_json()})
+        del stats
+    for strategy in order:
+        if strategy not in a.lora_on.split(","):
+            continue
+        removed = selections[strategy]
+        train, held = repair_data(tok, str(DATA / "gutenberg"), tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
+        starts = [("lora", pruned_copy(model, removed))]
+        if (strategy, a.lora_linear) in repaired_linear:
+            starts.append((f"linear-{a.lora_linear}+lora", repaired_linear[(strategy, a.lora_linear)]))
+        for name, start in starts:
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                merged, rep = lora_repair(start, train, held, rank=a.lora_rank, lr=a.lora_lr, batch_size=4,
+                                          eval_every=2, seed=0, progress=False)
+                seconds = time.perf_counter() - t
+            row(strategy, name, merged, seconds, mem.peak_bytes, {"lora": rep.to_json()})
+
+
+def render(paths: list[str]) -> str:
+    """Markdown tables from one or more result JSONs (rows of the same model are merged; dense from the first)."""
+    by_model: dict[str, dict] = {}
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        m = by_model.setdefault(d["model"], {"dense": None, "rows": [], "meta": []})
+        if d.get("dense_ppl") is not None and m["dense"] is None:
+            m["dense"] = d["dense_ppl"]
+        m["rows"] += d["rows"]
+        m["meta"].append((path, d))
+    lines = []
+    for model, m in by_model.items():
+        _, first = m["meta"][0]
+        cal, ev = first.get("calibration", {}), first.get("evaluation", {})
+        lines += [f"### {model}, {first['remove']} layers removed", "",
+                  f"Dense perplexity {m['dense']:.2f} on {ev.get('stream_tokens')} tokens of WikiText-2 raw test "
+                  f"(windows of {ev.get('seq_len')}). Calibration: {cal.get('samples')} x {cal.get('seq_len')} tokens "
+                  f"of {cal.get('source')} (seed {cal.get('seed')}).", "",
+                  "| strategy | removed (0-based) | repair | PPL | x dense | repair time (s) | repair peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in m["rows"]:
+            peak = f"{r['repair_peak_mb']:.0f}" if r.get("repair_peak_mb") is not None else "-"
+            ratio = f"{r['ppl'] / m['dense']:.2f}" if m["dense"] else "-"
+            label = r["repair"]
+            if "fit" in r:
+                ridge = r["fit"].get("ridge")
+                chosen = sorted({run.get("ridge") for run in r["fit"]["runs"] if run.get("ridge") is not None})
+                label += f" (ridge {ridge:g})" if ridge is not None else f" (ridge by CV: {', '.join(f'{c:g}' for c in chosen)})"
+            lines.append(f"| {r['strategy']} | {r['removed']} | {label} | {r['ppl']:.2f} | {ratio} | "
+                         f"{r['repair_s']:.0f} | {peak} |")
+        for path, d in m["meta"]:
+            for ref in d.get("refused", []):
+                lines.append(f"\nRefused ({ref['strategy']}): {ref['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        print(render(sys.argv[2:]))
+    else:
+        main()

@@ -1,0 +1,15 @@
+"""Repair after layer removal: training-free linear replacement folded into the weights, and LoRA healing.
+
+Both return a model of the plain architecture (no extra modules): it saves with ``save_pretrained`` and
+reloads with ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from .families import FOLD_SPECS, LORA_TARGETS, FoldSpec, fold_spec, lora_targets
+from .folding import fold_map
+from .linear import (OBJECTIVES, LinearRepairReport, Run, RunStatistics, collect_statistics, fit_linear_maps,
+                     fold_linear_maps, linear_repair, removed_runs, solve_lstsq, solve_maps)
+from .lora import LoraRepairReport, lora_repair, repair_data
+
+__all__ = ["LoraRepairReport", "RunStatistics", "collect_statistics", "lora_repair", "repair_data", "solve_maps",
+           "FOLD_SPECS", "LORA_TARGETS", "FoldSpec", "LinearRepairReport", "OBJECTIVES", "Run", "fit_linear_maps",
+           "fold_linear_maps", "fold_map", "fold_spec", "linear_repair", "lora_targets", "removed_runs", "solve_lstsq"]

@@ -1,0 +1,56 @@
+"""Sweep with lm-eval tasks and LaCo: every point gets the accuracy of ITS model (laco: the merged one),
+CSV columns, the second plot panel, the sudden-drop rule."""
+
+import csv
+
+import pytest
+
+import depthprune as dp
+import depthprune.evaluation as evaluation
+from depthprune.merging import merged_copy
+from depthprune.sweep import run_sweep, save_sweep, sudden_drops
+
+from tiny import batch, tiny_model
+
+
+def test_sudden_drop_rule():
+    # falls: 0.02 (too small), 0.10 with stderr 0.01 (drop), 0.05 with stderr 0.05 (inside noise)
+    line = [(0, 0.60, 0.01), (2, 0.58, 0.01), (4, 0.48, 0.01), (6, 0.43, 0.05), (8, 0.43, None)]
+    assert sudden_drops(line) == [4]
+    assert sudden_drops(line, k=0.5, min_points=0.01) == [2, 4, 6]
+
+
+def test_sweep_runs_tasks_on_every_point_including_laco(monkeypatch, tmp_path):
+    model = tiny_model("llama")
+    ids, mask = batch(n=4, pad_last=2)
+    calib, windows = dp.from_tensors(ids, mask), dp.from_tensors(*batch(seed=1, n=2, pad_last=0))
+    seen = []
+
+    def fake_tasks(m, tokenizer, tasks, **options):
+        # "accuracy" = a fingerprint of the model it was given: layer count and one merged weight
+        w = float(m.model.layers[0].mlp.down_proj.weight.detach().sum())
+        seen.append((m.config.num_hidden_layers, options))
+        return {"tasks": {t: {"metrics": {"acc": m.config.num_hidden_layers / 10, "acc_stderr": 0.001, "w": w}}
+                          for t in tasks}}
+
+    monkeypatch.setattr(evaluation, "evaluate_tasks", fake_tasks)
+    result = run_sweep(model, None, calib, windows, metrics=["bi"], strategies=["one-shot", "laco"], counts=[1, 2],
+                       batch_size=2, progress=False, laco="C=2,L=0,T=-1", tasks=["hellaswag"],
+                       task_options={"limit": 3})
+    assert result.dense_tasks["hellaswag"]["acc"] == pytest.approx(0.4)
+    assert {(p.strategy, p.n_removed): p.tasks["hellaswag"]["acc"] for p in result.points} == {
+        ("one-shot", 1): 0.3, ("one-shot", 2): 0.2, ("laco", 1): 0.3, ("laco", 2): 0.2}
+    laco2 = next(p for p in result.points if p.strategy == "laco" and p.n_removed == 2)
+    from depthprune.strategies import plan
+
+    merges = plan(model, calib, [2], strategy="laco", batch_size=2, laco="C=2,L=0,T=-1", progress=False)[0][2]
+    ref = merged_copy(model, merges.details["merges"])
+    assert laco2.tasks["hellaswag"]["w"] == pytest.approx(float(ref.model.layers[0].mlp.down_proj.weight.detach().sum()))
+    assert all(opts == {"limit": 3} for _, opts in seen)
+    # one run per distinct model: dense + 2 removal sets + 2 laco merges
+    assert len(seen) == 5
+    assert result.drops()["hellaswag"]["bi/one-shot"] == [1, 2]
+    out = save_sweep(result, tmp_path / "s")
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert rows[0]["hellaswag_acc"] == "0.4" and rows[-1]["hellaswag_acc"] == "0.2"
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
