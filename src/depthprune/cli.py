@@ -526,7 +526,7 @@ def eval_cmd(model: str = ModelArg,
              trust_remote_code: bool = TrustOpt) -> None:
     """Perplexity on a text SPEC and/or task accuracy through lm-evaluation-harness (dense or pruned model)."""
     from .api import as_loaded, evaluate_perplexity
-    from .evaluation import check_tasks, evaluate_tasks
+    from .evaluation import check_tasks, evaluate_tasks, parse_tasks
     from .export import write_json_atomic
 
     if ppl is None and tasks is None:
@@ -561,7 +561,7 @@ def eval_cmd(model: str = ModelArg,
                              **_eval_options(limit, num_fewshot, data_dir, batch_size))
         _print_task_results({role: out}, f"lm-eval on {model}")
         results_dir.mkdir(parents=True, exist_ok=True)
-        path = results_dir / f"{role}-{'_'.join(check_tasks(tasks))}.json"
+        path = results_dir / f"{role}-{'_'.join(parse_tasks(tasks))}.json"
         if len(path.name) > 120:
             path = results_dir / f"{role}-{len(out['tasks'])}tasks.json"
         write_json_atomic(path, out)
