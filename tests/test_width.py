@@ -85,6 +85,14 @@ def test_removal_that_config_cannot_express_is_refused(heads, fragment):
         heads_removed_copy(model, heads)
 
 
+def test_head_count_must_divide_hidden_size():
+    """transformers' config validation refuses hidden_size % num_attention_heads != 0 (Gemma-3 640 / 3 heads)."""
+    geo = geometry(tiny_model("llama"))  # 4 heads, 2 groups, hidden 32
+    heads = {i: [0, 3] for i in range(4)}  # 2 heads left
+    assert removable(heads, geo, 32) is None
+    assert "multiple of num_attention_heads (2)" in removable(heads, geo, 33)
+
+
 def test_bad_head_numbers_are_clear_errors():
     model = tiny_model("llama")
     with pytest.raises(DepthpruneError, match="head 4 is out of range"):

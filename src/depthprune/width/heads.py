@@ -128,7 +128,7 @@ def masked_heads(model: nn.Module, heads: HeadSet) -> Iterator[None]:
             h.remove()
 
 
-def removable(heads: HeadSet, geo: HeadGeometry) -> str | None:
+def removable(heads: HeadSet, geo: HeadGeometry, hidden_size: int | None = None) -> str | None:
     """None if ``heads`` can be removed into a plain checkpoint, else why not (one sentence)."""
     chosen = _check_heads(heads, geo)
     if set(chosen) != set(range(geo.num_layers)):
@@ -149,6 +149,10 @@ def removable(heads: HeadSet, geo: HeadGeometry) -> str | None:
     kind, n = kinds.pop()
     if kind == "groups" and n >= geo.num_kv_heads:
         return "every KV group of a layer would go; remove the layer instead (depthprune prune)"
+    left = geo.num_heads - len(next(iter(chosen.values())))
+    if hidden_size is not None and hidden_size % left:
+        return (f"transformers' config validation needs hidden_size ({hidden_size}) to be a multiple of "
+                f"num_attention_heads ({left}), even with an explicit head_dim")
     return None
 
 
@@ -180,7 +184,7 @@ def remove_heads(model: nn.Module, heads: HeadSet) -> nn.Module:
     """Remove query heads (and KV groups left without queries) in place; a clear error if the
     result would need per-layer head counts. Returns the model."""
     geo = geometry(model)
-    why = removable(heads, geo)
+    why = removable(heads, geo, getattr(model.config, "hidden_size", None))
     if why is not None:
         raise DepthpruneError(f"cannot save this head removal as a checkpoint: {why}; evaluate it masked instead")
     chosen = _check_heads(heads, geo)
@@ -209,7 +213,7 @@ def remove_heads(model: nn.Module, heads: HeadSet) -> nn.Module:
 def heads_removed_copy(model: nn.Module, heads: HeadSet) -> nn.Module:
     """A deep copy of ``model`` with ``heads`` removed; the original is untouched."""
     geo = geometry(model)
-    why = removable(heads, geo)
+    why = removable(heads, geo, getattr(model.config, "hidden_size", None))
     if why is not None:
         raise DepthpruneError(f"cannot save this head removal as a checkpoint: {why}; evaluate it masked instead")
     return remove_heads(copy.deepcopy(model), heads)

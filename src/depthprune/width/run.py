@@ -75,7 +75,7 @@ def remove_lowest_heads(model: nn.Module, tokenizer, report: HeadReport, *, per_
         raise DepthpruneError(f"the head report has no '{key}' scores; score with --metrics {select_by} --units {unit}")
     geo = geometry(model)
     heads = lowest_units(report.combined(key), per_layer, unit, geo)
-    why = removable(heads, geo)
+    why = removable(heads, geo, getattr(model.config, "hidden_size", None))
     result: dict = {}
 
     def measure(m) -> dict:
