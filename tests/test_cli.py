@@ -169,6 +169,9 @@ def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
     from depthprune.reports import PruneReport
 
     class Exploding:
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
         def save_pretrained(self, path, **kwargs):
             (Path(path) / "model.safetensors").write_bytes(b"partial")
             raise KeyboardInterrupt

@@ -108,7 +108,8 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
     # --- end scale ---
     loaded = as_loaded(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     layout(loaded.model)  # unsupported architecture: fail before any data work
-    check_seq_len(loaded.model, seq_len)
+    if not isinstance(data, CalibrationSet):  # a ready calibration set brings its own length
+        check_seq_len(loaded.model, seq_len)
     calibration = calibration_set(loaded, data, samples=samples, seq_len=seq_len, seed=seed,
                                   text_field=text_field, batch_size=batch_size, progress=progress)
     result = compute_scores(loaded.model, calibration, [metric], batch_size=batch_size, seed=seed,

@@ -339,8 +339,8 @@ def prune(ctx: typer.Context,
     """
     from .api import run
 
-    if model is None and recipe_file is None:
-        raise DepthpruneError("give the MODEL to prune (or --recipe FILE to replay a recorded run)")
+    if model is None and recipe_file is None:  # a usage mistake: the usage line and one sentence, exit 2
+        ctx.fail("Missing argument 'MODEL' (or give --recipe FILE to replay a recorded run).")
     flags = {name: value for name, value in locals().items()
              if name in PRUNE_FLAGS or name in BENCH_FLAGS}
     recipe = recipe_from_flags(ctx, model, recipe_file, flags)
@@ -836,9 +836,8 @@ def _run_app(argv: list[str]) -> int:
     except errors as exc:
         _print_usage_error(exc, argv)
         return 2
-    except aborts as exc:  # click turns Ctrl-C (and our SIGTERM exception) into Abort
-        cause = exc.__cause__ or exc.__context__
-        raise cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt() from None
+    except aborts:  # click turns Ctrl-C (and our SIGTERM exception) into Abort: main() prints the one line
+        return 130
     except exits as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

@@ -15,6 +15,22 @@ def _pyplot():
     return plt
 
 
+def _plot_removed_only(plt, removed_set: set, path: Path, title: str, red: str, blue: str) -> Path:
+    """Which layers went, when no per-layer scores exist (``--layers``, LaCo merges)."""
+    n = max(removed_set) + 1 if removed_set else 0
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 2.4), dpi=120)
+    ax.bar(range(n), [1] * n, color=[red if i in removed_set else blue for i in range(n)])
+    ax.set_yticks([])
+    ax.set_xticks(range(n))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("layer (0-based, original numbering); red = removed, blue = kept (up to the last removed layer)")
+    ax.set_title((title or "removed layers") + "\n(no per-layer scores: the layers were given or merged)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[int] = (), metric: str = "bi",
                       title: str = "") -> Path:
     """Score per layer (0-based), removed layers in red, and the decision made visible.
@@ -28,6 +44,8 @@ def plot_layer_scores(scores: Sequence[float], path: Path, *, removed: Sequence[
     scores = list(scores)
     removed_set = set(removed)
     red, blue = "#d62728", "#1f77b4"
+    if not scores or any(i >= len(scores) for i in removed_set):  # layers given explicitly or merged: no scores
+        return _plot_removed_only(plt, removed_set, path, title, red, blue)
     colors = [red if i in removed_set else blue for i in range(len(scores))]
     panels = 2 if removed_set else 1
     width = max(6.0, 0.28 * len(scores) + 2) + (4.0 if panels == 2 else 0.0)
