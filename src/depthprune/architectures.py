@@ -95,6 +95,9 @@ def _get_path(root: nn.Module, path: str):
     return obj
 
 
+get_path = _get_path  # public: the module at a dotted path (None when any part is missing)
+
+
 def _set_path(root: nn.Module, path: str, value) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = _get_path(root, parent_path) if parent_path else root

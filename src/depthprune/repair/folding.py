@@ -17,15 +17,9 @@ from torch import nn
 
 from ..errors import DepthpruneError
 from .families import FoldSpec
+from ..architectures import get_path
 
 
-def _get(root: nn.Module, path: str):
-    obj = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def projections(layer: nn.Module, spec: FoldSpec) -> list[tuple[str, object]]:
@@ -34,7 +28,7 @@ def projections(layer: nn.Module, spec: FoldSpec) -> list[tuple[str, object]]:
     for path in spec.projections:
         optional = path.endswith("?")
         path = path.rstrip("?")
-        obj = _get(layer, path)
+        obj = get_path(layer, path)
         if obj is None:
             if optional:
                 continue
@@ -45,7 +39,7 @@ def projections(layer: nn.Module, spec: FoldSpec) -> list[tuple[str, object]]:
 
 
 def capture_module(layer: nn.Module, spec: FoldSpec) -> nn.Module:
-    module = _get(layer, spec.capture)
+    module = get_path(layer, spec.capture)
     if not isinstance(module, nn.Module):
         raise DepthpruneError(f"cannot repair: this layer has no '{spec.capture}' module to read the MLP output from")
     return module
