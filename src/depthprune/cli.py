@@ -294,7 +294,7 @@ def recipe_from_flags(ctx: typer.Context, model: str | None, recipe_file: Path |
 
 @app.command()
 def prune(ctx: typer.Context,
-          model: Optional[str] = typer.Argument(None, help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id (optional with --recipe)."),
+          model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Demo alias (smollm2-135m, gemma3-270m), .gguf file, local checkpoint dir or Hub id (optional with --recipe)."),
           out: Optional[Path] = typer.Option(None, "--out", help="Output directory for the pruned checkpoint."),
           recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="Replay a recipe: a recipe JSON or a previous run's depthprune.json (or its directory); flags given here override it."),
           remove: Optional[int] = typer.Option(None, "--remove", help="Number of layers to remove."),
