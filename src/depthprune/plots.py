@@ -23,7 +23,7 @@ def _plot_removed_only(plt, removed_set: set, path: Path, title: str, red: str, 
     ax.set_yticks([])
     ax.set_xticks(range(n))
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("layer (0-based, original numbering); red = removed, blue = kept (up to the last removed layer)")
+    ax.set_xlabel("layer (0-based, original numbering); red = removed, blue = kept", fontsize=8)
     ax.set_title((title or "removed layers") + "\n(no per-layer scores: the layers were given or merged)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
