@@ -242,6 +242,20 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
+def write_evidence(folder: Path, report: PruneReport, bench: dict | None, evals: dict | None) -> dict | None:
+    """Write ``bench.json`` and ``eval/{role}.json`` into an output folder; return the evals as the model card reads them."""
+    if bench is not None:
+        (folder / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
+    if not evals:
+        return None
+    from .report import read_evals
+
+    (folder / "eval").mkdir()
+    for role, result in evals.items():
+        (folder / "eval" / f"{role}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return read_evals(folder, report.to_json())[0]
+
+
 def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overwrite: bool = False,
                 bench: dict | None = None, evals: dict | None = None, save_dtype: str = "auto") -> Path:
     """Write the pruned checkpoint with its evidence (``bench.json``, ``eval/{role}.json`` if given) into ``out``, atomically.
@@ -257,16 +271,7 @@ def save_pruned(model, tokenizer, report: PruneReport, out: Path | str, *, overw
         report.checkpoint_bytes = weights_bytes(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "depthprune.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        if bench is not None:
-            (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
-        card_evals = None
-        if evals:
-            from .report import read_evals
-
-            (tmp / "eval").mkdir()
-            for role, result in evals.items():
-                (tmp / "eval" / f"{role}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            card_evals = read_evals(tmp, report.to_json())[0]
+        card_evals = write_evidence(tmp, report, bench, evals)
         (tmp / "README.md").write_text(model_card(report, bench=bench, evals=card_evals), encoding="utf-8")
         plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
                           metric=report.metric, title=f"{report.model}: {report.metric} per layer (red = removed)")

@@ -529,16 +529,9 @@ def save_gguf(source: str | Path, report, out: str | Path, *, overwrite: bool = 
         result.output = str(out / "model.gguf")
         (tmp / "depthprune.json").write_text(json.dumps({**report.to_json(), "gguf": result.to_json()}, indent=2)
                                              + "\n", encoding="utf-8")
-        if bench is not None:
-            (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
-        card_evals = None
-        if evals:
-            from ..report import read_evals
+        from ..export import write_evidence
 
-            (tmp / "eval").mkdir()
-            for role, res in evals.items():
-                (tmp / "eval" / f"{role}.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-            card_evals = read_evals(tmp, report.to_json())[0]
+        card_evals = write_evidence(tmp, report, bench, evals)
         (tmp / "README.md").write_text(_card(report, bench, card_evals, result), encoding="utf-8")
         if report.scores:
             plot_layer_scores(report.scores, tmp / "layer_scores.png", removed=report.removed_layers,
