@@ -136,6 +136,27 @@ def test_output_rules(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "pruned.gguf"]  # no temp files left
 
 
+def test_a_file_that_appears_during_the_write_is_not_clobbered(tmp_path, monkeypatch):
+    import depthprune.formats.gguf_prune as gp
+    from depthprune.guards.outputs import _FIRST_SEEN
+
+    _FIRST_SEEN.clear()
+    src = write_tiny_gguf(tmp_path / "in.gguf")
+    out = tmp_path / "pruned.gguf"
+    real_write = gp._write
+
+    def racing_write(*args, **kwargs):
+        out.write_bytes(b"another run's result")  # another process finishes first
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(gp, "_write", racing_write)
+    with pytest.raises(DepthpruneError, match="appeared meanwhile"):
+        prune_gguf(src, [1], out)
+    assert out.read_bytes() == b"another run's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "pruned.gguf"]  # no temp file left
+    _FIRST_SEEN.clear()
+
+
 def test_bad_inputs(tmp_path):
     (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04 not a gguf")
     with pytest.raises(DepthpruneError, match="not a GGUF file"):

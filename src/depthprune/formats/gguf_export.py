@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import DepthpruneError
+from ..guards.outputs import commit, remember
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +340,7 @@ def check_gguf_file(out: str | Path, overwrite: bool) -> Path:
         raise DepthpruneError(f"output path {out} is a directory; give a .gguf file name")
     if out.exists() and not overwrite:
         raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
+    remember(out)
     return out
 
 
@@ -397,7 +399,7 @@ def export_gguf(model, tokenizer, out: str | Path, *, gguf_type: str = "f16", ov
         writer.write_tensors_to_file()
         writer.close()
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
+        commit(tmp, out, overwrite=overwrite, kind="file")  # no-clobber: refuses a file that appeared meanwhile
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

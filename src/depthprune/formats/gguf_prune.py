@@ -50,6 +50,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 from ..errors import DepthpruneError
+from ..guards.outputs import commit, remember
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,7 @@ def prune_gguf(src_path: str | Path, removed_layers: Sequence[int], out_path: st
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
+        commit(tmp, out, overwrite=overwrite, kind="file")  # no-clobber: refuses a file that appeared meanwhile
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -451,6 +452,7 @@ def check_gguf_output(out: str | Path, overwrite: bool, src: str | Path | None =
         raise DepthpruneError(f"output path {out} exists and is not a file")
     if out.exists() and not overwrite:
         raise DepthpruneError(f"output file {out} already exists; choose another --out or pass --overwrite")
+    remember(out)
     return out
 
 
