@@ -2,6 +2,7 @@
 # The numbers of docs/paper-findings.md: ShortGPT's other findings on the bundled models.
 # Usage: bash bench/paper_findings.sh [SECTION...]
 #   sections: heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2 mmlu-smollm2
+#             depth-width-smollm2 depth-width-gemma3
 #   (default: all but mmlu-smollm2, in turn)
 # Tiny on purpose: the 2 CPU cores were shared by ~7 engineers' jobs (load average ~20; one of
 # these processes got ~6% of a core). Calibration 8 sequences x 32 tokens of the PG-19 books for the
@@ -15,7 +16,7 @@ OUT=${OUT:-bench/results/paper-findings}
 PPL=(--ppl "$DATA/wikitext-2-raw/wiki.test.raw" --ppl-max-tokens 2048)
 HCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 32 --batch-size 8)
 SCAL=(--data "$DATA/gutenberg" --samples 8 --seq-len 64 --batch-size 8)
-SECTIONS=${*:-heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2}
+SECTIONS=${*:-heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2 depth-width-smollm2 depth-width-gemma3}
 mkdir -p "$OUT"
 dp() { python3 -m depthprune.cli -q "$@"; }
 
@@ -38,14 +39,22 @@ sweep-gemma3)
   dp sweep gemma3-270m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6 "${PPL[@]}" \
      --out "$OUT/sweep-gemma3-270m" --overwrite | tee "$OUT/sweep-gemma3-270m.log" ;;
 tasks-smollm2)
-  # the ratio curve with accuracy: HellaSwag (first 20 documents) at every point of BI one-shot
-  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 2,4,6,8 "${PPL[@]}" \
-     --tasks hellaswag --limit 20 --task-data-dir "$DATA" \
+  # the ratio curve with accuracy: HellaSwag and PIQA (first 100 documents each) at every point of BI one-shot
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 2,4,6,8,10,12 "${PPL[@]}" \
+     --tasks hellaswag,piqa --limit 100 --task-data-dir "$DATA" \
      --out "$OUT/tasks-smollm2-135m" --overwrite | tee "$OUT/tasks-smollm2-135m.log" ;;
 mmlu-smollm2)
   # MMLU: 57 subtasks and the limit is per subtask; limit 1 = 57 questions per point
   dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot --counts 4,8 "${PPL[@]}" \
      --tasks mmlu --limit 1 --task-data-dir "$DATA" \
      --out "$OUT/sweep-mmlu-smollm2-135m" --overwrite | tee "$OUT/sweep-mmlu-smollm2-135m.log" ;;
+depth-width-smollm2)
+  # depth vs width: PPL against the share of parameters removed, layers (BI) vs KV groups (masked loss), one scoring
+  python3 bench/depth_vs_width.py smollm2-135m --unit group --select-by loss --layer-counts 1,2,3,4,6,8 \
+     --json "$OUT/depth-vs-width-smollm2-135m.json" | tee "$OUT/depth-vs-width-smollm2-135m.log" ;;
+depth-width-gemma3)
+  # Gemma-3: 4 query heads share 1 KV group, so query heads (o_proj score, as heads-gemma3) are the unit
+  python3 bench/depth_vs_width.py gemma3-270m --unit query --select-by oproj-norm --layer-counts 1,2,3,4 \
+     --json "$OUT/depth-vs-width-gemma3-270m.json" | tee "$OUT/depth-vs-width-gemma3-270m.log" ;;
 *) echo "unknown section $s" >&2; exit 2;;
 esac; done

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "one 'pruned-given' variant")
     ap.add_argument("--cells", help="only these cells, e.g. pruned-given/float,pruned-given/int8 (default: all)")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    ap.add_argument("--add", help="complete an existing --json: 'tasks' and/or 'speed' (comma-separated) for every "
+                                  "row that lacks them, rebuilding each variant from the recorded removed layers")
     args = ap.parse_args(argv)
     if args.render:
         out = json.loads(args.json.read_text())
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.add:
+        return complete(args, set(args.add.split(",")))
 
     loaded = load_model(args.model, dtype="float32")
     tok = loaded.tokenizer
@@ -167,6 +171,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def complete(args, what: set[str]) -> int:
+    """Add lm-eval tasks and/or speed to the rows of an existing result file. The pruned variants are rebuilt with
+    depthprune's surgery from the recorded removed layers (deterministic: the same model the first pass measured);
+    variants that removed the same layers share one measurement."""
+    from depthprune.surgery import pruned_copy
+
+    if not what <= {"tasks", "speed"}:
+        raise SystemExit(f"--add takes tasks and/or speed, not {sorted(what - {'tasks', 'speed'})}")
+    out = json.loads(args.json.read_text())
+    loaded = load_model(out["model"], dtype="float32")
+    tok = loaded.tokenizer
+    variants = {"dense": loaded.model}
+    for vname, layers in out["removed"].items():
+        variants[vname] = pruned_copy(loaded.model, layers)
+    done: dict = {}
+    for key, row in out["rows"].items():
+        vname, method = key.split("/")
+        same = (tuple(out["removed"].get(vname, [])), method)
+        model = variants[vname] if method == "float" else quantize_model(variants[vname], method)
+        if "speed" in what and key != "dense/float" and "speed" not in row:
+            row["speed"] = speed(loaded.model, model, tok, args, key)
+        if "tasks" in what and "tasks" not in row:
+            if same in done:
+                row["tasks"] = done[same]
+                log.info("%s: tasks as measured for the same layers and precision", key)
+            else:
+                row["tasks"] = measure_tasks(model, tok, args, key)
+        if "tasks" in row:
+            done[same] = row["tasks"]
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def finish(out: dict, variants: dict) -> None:
     dense_nll = out["rows"]["dense/float"]["nll"]
     for key, row in out["rows"].items():
@@ -195,13 +232,14 @@ def render(out: dict) -> str:
     lines = [f"Model `{out['model']}`; removed layers (0-based): "
              + "; ".join(f"{k}: {v}" for k, v in out["removed"].items()), "",
              "| variant | weights | checkpoint MB (bf16 base) | WikiText-2 ppl | Δ log-ppl | prefill speed-up | decode speed-up |"
-             " tasks (acc ± stderr, n) |",
+             " tasks (acc % ± stderr, n) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for key, row in out["rows"].items():
         sp = row.get("speed", {})
         pre = next((v["speedup"] for v in sp.values() if v["kind"] == "prefill"), None)
         dec = next((v["speedup"] for v in sp.values() if v["kind"] == "decode"), None)
-        tasks = "; ".join(f"{t} {m.get('acc', float('nan')):.2f} ± {m.get('acc_stderr') or float('nan'):.2f} (n={m.get('n')})"
+        tasks = "; ".join(f"{t} {100 * m.get('acc', float('nan')):.0f} ± {100 * (m.get('acc_stderr') or float('nan')):.0f}"
+                          f" (n={m.get('n')})"
                           for t, m in row.get("tasks", {}).items()) or "not measured"
         fmt = lambda x: "1 (baseline)" if key == "dense/float" else (f"x{x:.2f}" if x else "-")
         lines.append(f"| {row['variant']} | {row['precision']} | {_mb(row['checkpoint_bytes_bf16_base'])} | "

@@ -5,7 +5,8 @@ memory (RSS above the level at the start of the repair). Results are written to 
     PYTHONPATH=src python bench/repair_table.py smollm2-135m --remove 7 --json bench/results/repair_smollm2-135m.json
 
 Texts: calibration (selection + linear fit) and LoRA repair data are Project Gutenberg books
-(/work/shared/data/gutenberg, different seeds); perplexity is on WikiText-2 raw test (disjoint from both).
+(/work/shared/data/gutenberg, different seeds), or with --texts wikitext-tail the WikiText-2 raw test text from
+character 200,000 on; perplexity is on the first tokens of WikiText-2 raw test (disjoint from both).
 The greedy-ppl removal set is read from the strategies sweep (bench/results/MODEL/sweep.json) because
 re-running greedy selection does not fit this machine's CPU budget; its calibration is stated there.
 """
@@ -36,6 +37,21 @@ from depthprune.strategies import compute_scores, select  # noqa: E402
 from depthprune.surgery import pruned_copy  # noqa: E402
 
 DATA = Path(os.environ.get("DEPTHPRUNE_DATA_DIR", "/work/shared/data"))
+WIKI_TAIL_START = 200_000  # characters; the evaluated slice (a few thousand tokens) ends far before it
+
+
+def training_text(kind: str, tokenizer, ppl_tokens: int) -> str:
+    """The text SPEC for calibration and LoRA data."""
+    if kind == "books":
+        return str(DATA / "gutenberg")
+    raw = (DATA / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+    head = len(tokenizer(raw[:WIKI_TAIL_START], add_special_tokens=False)["input_ids"])
+    if head < 2 * ppl_tokens:
+        raise SystemExit(f"the evaluated slice ({ppl_tokens} tokens) would reach the calibration text")
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "depthprune-bench" / "wikitext-2-raw-test-tail.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(raw[WIKI_TAIL_START:], encoding="utf-8")
+    return str(path)
 
 
 def main() -> None:
@@ -60,6 +76,10 @@ def main() -> None:
     p.add_argument("--given", default=None, help="STRATEGY:L1,L2,... use this removal set instead of selecting")
     p.add_argument("--skip-none", action="store_true", help="no unrepaired row (measured by another run)")
     p.add_argument("--lora-only", action="store_true", help="only the lora rows (linear maps fitted, not evaluated)")
+    p.add_argument("--texts", default="books", choices=["books", "wikitext-tail"],
+                   help="calibration + LoRA text: the Gutenberg books (other domain than the evaluation), or "
+                        f"WikiText-2 raw test from character {WIKI_TAIL_START:,} on (same domain, disjoint from the "
+                        "evaluated first tokens; checked)")
     p.add_argument("--json", required=True)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -73,7 +93,8 @@ def main() -> None:
 
     lm = load_model(a.model)
     model, tok = lm.model, lm.tokenizer
-    cal = build_calibration(str(DATA / "gutenberg"), tok, samples=a.samples, seq_len=a.seq_len, seed=0)
+    text = training_text(a.texts, tok, a.ppl_tokens)
+    cal = build_calibration(text, tok, samples=a.samples, seq_len=a.seq_len, seed=0)
     windows = sequential_windows(tok, iter_texts(str(DATA / "wikitext-2-raw" / "wiki.test.raw")),
                                  seq_len=a.ppl_seq_len, max_tokens=a.ppl_tokens, source="wikitext-2-raw test")
     result["calibration"] = dict(cal.settings)
@@ -150,7 +171,7 @@ def main() -> None:
         if strategy not in a.lora_on.split(","):
             continue
         removed = selections[strategy]
-        train, held = repair_data(tok, str(DATA / "gutenberg"), tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
+        train, held = repair_data(tok, text, tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
         starts = [("lora", pruned_copy(model, removed))]
         if (strategy, a.lora_linear) in repaired_linear:
             starts.append((f"linear-{a.lora_linear}+lora", repaired_linear[(strategy, a.lora_linear)]))
