@@ -54,3 +54,24 @@ def test_sweep_runs_tasks_on_every_point_including_laco(monkeypatch, tmp_path):
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert rows[0]["hellaswag_acc"] == "0.4" and rows[-1]["hellaswag_acc"] == "0.2"
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_laco_that_stops_short_skips_those_counts_and_the_sweep_goes_on(tmp_path):
+    """LaCo reaching its threshold before a count is recorded as skipped; the other strategies' points and LaCo's
+    smaller counts are still measured (it used to abort the whole sweep)."""
+    from depthprune.merging import LacoSettings, laco
+
+    model = tiny_model("llama")  # 4 layers
+    calib = dp.from_tensors(*batch(n=4, pad_last=0))
+    windows = dp.from_tensors(*batch(seed=1, n=2, pad_last=0))
+    settings = "C=2,L=1,T=-1"  # on this model the search merges 1 layer, then reaches L
+    assert len(laco(model, calib, 1, LacoSettings.parse(settings), progress=False).removed) == 1
+    with pytest.raises(dp.DepthpruneError, match="merged away only"):
+        laco(model, calib, 2, LacoSettings.parse(settings), progress=False)
+    result = run_sweep(model, None, calib, windows, metrics=["bi"], strategies=["one-shot", "laco"],
+                       counts=[1, 2, 3], batch_size=2, progress=False, laco=settings)
+    got = sorted((p.strategy, p.n_removed) for p in result.points)
+    assert got == [("laco", 1), ("one-shot", 1), ("one-shot", 2), ("one-shot", 3)]
+    assert any(s.startswith("similarity/laco at 2, 3 layers: LaCo merged away only") for s in result.skipped), result.skipped
+    save_sweep(result, tmp_path / "sweep")
+    assert (tmp_path / "sweep" / "sweep.png").exists()

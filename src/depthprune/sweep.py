@@ -248,6 +248,20 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
     for m, s in pairs:
         if m == "ppl" and s in ("greedy-ppl", "iterative") and greedy is not None:
             chosen = greedy
+        elif s == "laco":  # LaCo may stop short of a count (threshold T reached): that count and larger are skipped
+            chosen = {}
+            for n in counts:
+                try:
+                    got, _ = timed(f"select:{m}/{s}", lambda n=n: plan(
+                        model, calibration, [n], metric=m, strategy=s, protect_first=protect_first,
+                        protect_last=protect_last, batch_size=batch_size, seed=seed, precomputed=pre,
+                        progress=progress, laco=laco))
+                except DepthpruneError as exc:
+                    later = [c for c in counts if c >= n]
+                    skipped.append(f"{m}/{s} at {', '.join(map(str, later))} layers: {exc}")
+                    log.warning("%s/%s: %s; counts %s skipped", m, s, exc, later)
+                    break
+                chosen.update(got)
         else:
             chosen, first = timed(f"select:{m}/{s}", lambda: plan(
                 model, calibration, counts, metric=m, strategy=s, protect_first=protect_first,
@@ -305,6 +319,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
     points = []
     for (m, s), chosen in selections.items():
         for n in counts:
+            if n not in chosen:  # skipped (see ``skipped``)
+                continue
             r, t = evaluate_merged(chosen[n]) if s == "laco" else evaluate_removed(chosen[n].removed)
             points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"], t))
             log.info("%s/%s n=%d removed %s ppl %.3f", m, s, n, chosen[n].removed, r["ppl"])
