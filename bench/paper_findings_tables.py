@@ -47,47 +47,43 @@ def heads_tables(root: Path) -> None:
 
 
 def depth_vs_width(root: Path) -> None:
-    print("### Depth vs width: held-out perplexity vs share of parameters removed\n")
-    print("| model | removed | share of parameters | WikiText-2 PPL | checkpoint |")
-    print("|---|---|---|---|---|")
+    """bench/depth_vs_width.py results: one table per model, rows sorted by the share of parameters removed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from depth_vs_width import render
+
     for name in MODELS:
-        heads = root / f"heads-{name}" / "heads.json"
-        sweep = root / f"sweep-{name}" / "sweep.json"
-        if not heads.exists() and not sweep.exists():
+        path = root / f"depth-vs-width-{name}.json"
+        if not path.exists():
             continue
-        share, total = layer_share(name)
-        if sweep.exists():
-            s = json.loads(sweep.read_text())
-            print(f"| {name} | nothing (dense) | 0.0% | {fmt(s['dense']['ppl'], 2)} | - |")
-            for p in s["points"]:
-                if p["strategy"] == "one-shot":
-                    print(f"| {name} | {p['n_removed']} layers (BI one-shot) {p['removed_layers']} | "
-                          f"{100 * share * p['n_removed']:.1f}% | {fmt(p['ppl'], 2)} | yes |")
-        if heads.exists():
-            h = json.loads(heads.read_text())
-            r = h.get("removal")
-            if r:
-                unit = "KV group" if r["unit"] == "group" else "query head"
-                role = "heads_removed" if r["checkpoint"] else "heads_masked"
-                print(f"| {name} | 1 {unit} per layer (lowest {r['select_by']}) | {100 * r['parameter_share']:.1f}% | "
-                      f"{fmt(r['perplexity'][role]['ppl'], 2)} | {'yes' if r['checkpoint'] else 'masked only'} |")
-    print()
+        data = json.loads(path.read_text())
+        st = data["settings"]
+        print(f"### Depth vs width, {name} (`bench/depth_vs_width.py`; heads scored by {st['select_by']} per "
+              f"{st['unit']}, layers by BI, same {st['samples']} x {st['seq_len']} calibration tokens)\n")
+        print(render(data))
+        print()
 
 
 def laco_vs_removal(root: Path) -> None:
     print("### Removal (BI one-shot) vs LaCo at equal layer counts (WikiText-2 PPL)\n")
-    print("| model | layers removed | BI one-shot | LaCo | LaCo: layers merged away (0-based) |")
-    print("|---|---|---|---|---|")
+    print("| model | layers removed | BI one-shot | LaCo (T=0.5) | LaCo (T=-1, no similarity check) | "
+          "LaCo T=0.5: merged away (0-based) | LaCo T=-1: merged away |")
+    print("|---|---|---|---|---|---|---|")
     for name in MODELS:
         sweep = root / f"sweep-{name}" / "sweep.json"
         if not sweep.exists():
             continue
         s = json.loads(sweep.read_text())
         by = {(p["strategy"], p["n_removed"]): p for p in s["points"]}
+        free_path = root / f"sweep-laco-t-{name}" / "sweep.json"
+        free = json.loads(free_path.read_text()) if free_path.exists() else {"points": []}
+        by_free = {p["n_removed"]: p for p in free["points"] if p["strategy"] == "laco"}
         for n in s["counts"]:
-            a, b = by.get(("one-shot", n)), by.get(("laco", n))
-            print(f"| {name} | {n} | {fmt(a and a['ppl'], 2)} | {fmt(b and b['ppl'], 2)} | "
-                  f"{b['removed_layers'] if b else '-'} |")
+            a, b, c = by.get(("one-shot", n)), by.get(("laco", n)), by_free.get(n)
+            print(f"| {name} | {n} | {fmt(a and a['ppl'], 2)} | {fmt(b and b['ppl'], 2) if b else 'not reached'} | "
+                  f"{fmt(c and c['ppl'], 2)} | {b['removed_layers'] if b else '-'} | {c['removed_layers'] if c else '-'} |")
+        for why in s.get("skipped", []):
+            if "laco" in why:
+                print(f"\n{name}, LaCo with T=0.5: {why}")
     print()
 
 

@@ -192,6 +192,16 @@ def test_heads_cli_writes_report_heatmap_and_reloadable_checkpoint(tmp_path):
     ids, mask = batch(n=2, pad_last=2)
     torch.testing.assert_close(logits(reloaded, ids, mask), logits(zero_heads_by_hand(original, heads), ids, mask),
                                atol=1e-4, rtol=1e-4)
+    # a second run replaces its own earlier output with --overwrite (and only with it)
+    again = ["-q", "heads", ck, "--data", "builtin", "--samples", "4", "--seq-len", "32", "--metrics", "oproj-norm",
+             "--units", "query", "--out", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        main(again)
+    assert exc.value.code == 2 and (out / "model").is_dir()
+    with pytest.raises(SystemExit) as exc:
+        main(again + ["--overwrite"])
+    assert exc.value.code == 0 and not (out / "model").exists()
+    assert set(json.loads((out / "heads.json").read_text())["scores"]) == {"oproj-norm/query"}
 
 
 def test_heads_cli_rejects_bad_unit_before_loading(tmp_path, capsys):

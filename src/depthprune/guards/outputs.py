@@ -32,7 +32,7 @@ from ..errors import DepthpruneError
 log = logging.getLogger(__name__)
 
 RUN_STARTED = time.time()
-OUTPUT_MARKERS = ("depthprune.json", "sweep.json")
+OUTPUT_MARKERS = ("depthprune.json", "sweep.json", "heads.json")
 _FIRST_SEEN: dict[str, tuple[int, int, int] | None] = {}
 
 
@@ -103,7 +103,7 @@ def check_replaceable(out: Path, overwrite: bool, *, kind: str = "directory", fl
             raise DepthpruneError(f"cannot read output directory {out}: {exc.strerror}") from None
         if entries and not any(m in entries for m in OUTPUT_MARKERS):
             raise DepthpruneError(f"output directory {out} is not a previous depthprune output (it has no "
-                                  "depthprune.json or sweep.json) and is not empty; --overwrite will not replace it")
+                                  "depthprune.json, sweep.json or heads.json) and is not empty; --overwrite will not replace it")
     elif out.is_dir():
         raise DepthpruneError(f"output file {out} is an existing directory; choose another {flag}")
 
