@@ -2,7 +2,7 @@
 # The numbers of docs/paper-findings.md: ShortGPT's other findings on the bundled models.
 # Usage: bash bench/paper_findings.sh [SECTION...]
 #   sections: heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2 mmlu-smollm2
-#             depth-width-smollm2 depth-width-gemma3 laco-t-smollm2 laco-t-gemma3
+#             depth-width-smollm2 depth-width-gemma3 laco-t-smollm2 laco-h-smollm2 laco-t-gemma3
 #   (default: all but mmlu-smollm2, in turn)
 # Tiny on purpose: the 2 CPU cores were shared by ~7 engineers' jobs (load average ~20; one of
 # these processes got ~6% of a core). Calibration 8 sequences x 32 tokens of the PG-19 books for the
@@ -42,6 +42,13 @@ laco-t-smollm2)
   # LaCo's merge and top-down search without the similarity check (T=-1 accepts every merge): LaCo at every count
   dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,I=1,T=-1 --counts 2,4,6,8 "${PPL[@]}" \
      --out "$OUT/sweep-laco-t-smollm2-135m" --overwrite | tee "$OUT/sweep-laco-t-smollm2-135m.log" ;;
+laco-h-smollm2)
+  # LaCo kept away from the last layers (H = 25: merges only below the last 4 layers), threshold check on (T=0.5)
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,H=25,I=1,T=0.5 --counts 2,4,6,8 "${PPL[@]}" \
+     --out "$OUT/sweep-laco-h-smollm2-135m" --overwrite | tee "$OUT/sweep-laco-h-smollm2-135m.log"
+  # the same range without the similarity check
+  dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,H=25,I=1,T=-1 --counts 2,4,6,8 "${PPL[@]}" \
+     --out "$OUT/sweep-laco-ht-smollm2-135m" --overwrite | tee "$OUT/sweep-laco-ht-smollm2-135m.log" ;;
 laco-t-gemma3)
   dp sweep gemma3-270m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,I=1,T=-1 --counts 2,4,6 "${PPL[@]}" \
      --out "$OUT/sweep-laco-t-gemma3-270m" --overwrite | tee "$OUT/sweep-laco-t-gemma3-270m.log" ;;

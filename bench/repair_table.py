@@ -14,6 +14,7 @@ re-running greedy selection does not fit this machine's CPU budget; its calibrat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -68,7 +69,8 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-on", default="block", help="comma list of strategies that also get lora rows")
     p.add_argument("--lora-linear", default="lstsq", help="which linear objective precedes lora in linear+lora")
-    p.add_argument("--strategies", default="block,one-shot,greedy-ppl")
+    p.add_argument("--strategies", default="block,one-shot,greedy-ppl",
+                   help="removal sets; 'dense' adds the unpruned model as a LoRA reference (with --lora-on dense)")
     p.add_argument("--cosine-steps", type=int, default=30)
     p.add_argument("--ridge", default="auto", help="float, or auto (2-fold cross-validation)")
     p.add_argument("--objectives", default="lstsq,cosine")
@@ -129,6 +131,8 @@ def main() -> None:
             selections["greedy-ppl"] = point[0]["removed_layers"]
             result["greedy_source"] = {"file": f"bench/results/{a.model}/sweep.json",
                                        "calibration": sweep.get("calibration")}
+    if "dense" in wanted:  # reference: LoRA on the unpruned model with the same data and budget
+        selections["dense"] = []
     result["selections"] = selections
     save()
 
@@ -143,6 +147,8 @@ def main() -> None:
     repaired_linear: dict[tuple[str, str], torch.nn.Module] = {}
     for strategy in order:
         removed = selections[strategy]
+        if not removed:  # the dense reference gets LoRA rows only
+            continue
         if not a.lora_only and not a.skip_none:
             row(strategy, "none", pruned_copy(model, removed), 0.0, None)
         try:
@@ -172,7 +178,7 @@ def main() -> None:
             continue
         removed = selections[strategy]
         train, held = repair_data(tok, text, tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
-        starts = [("lora", pruned_copy(model, removed))]
+        starts = [("lora", pruned_copy(model, removed) if removed else copy.deepcopy(model))]
         if (strategy, a.lora_linear) in repaired_linear:
             starts.append((f"linear-{a.lora_linear}+lora", repaired_linear[(strategy, a.lora_linear)]))
         for name, start in starts:

@@ -75,3 +75,7 @@ def test_laco_that_stops_short_skips_those_counts_and_the_sweep_goes_on(tmp_path
     assert any(s.startswith("similarity/laco at 2, 3 layers: LaCo merged away only") for s in result.skipped), result.skipped
     save_sweep(result, tmp_path / "sweep")
     assert (tmp_path / "sweep" / "sweep.png").exists()
+    # nothing measurable at all: one error naming why, not an empty table
+    with pytest.raises(dp.DepthpruneError, match="no sweep point could be measured: similarity/laco at 2, 3 layers"):
+        run_sweep(model, None, calib, windows, metrics=["bi"], strategies=["laco"], counts=[2, 3], batch_size=2,
+                  progress=False, laco=settings)

@@ -324,6 +324,8 @@ def run_sweep(model, tokenizer, calibration: CalibrationSet, windows: Calibratio
             r, t = evaluate_merged(chosen[n]) if s == "laco" else evaluate_removed(chosen[n].removed)
             points.append(SweepPoint(m, s, n, chosen[n].removed, r["ppl"], r["nll"], r["tokens"], t))
             log.info("%s/%s n=%d removed %s ppl %.3f", m, s, n, chosen[n].removed, r["ppl"])
+    if not points:
+        raise DepthpruneError("no sweep point could be measured: " + "; ".join(skipped))
     timings["distinct_removal_sets_evaluated"] = float(len(evaluated))
     return SweepResult(
         model=source or getattr(model.config, "_name_or_path", type(model).__name__),
