@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--ppl-seq-len", type=int, default=512)
     ap.add_argument("--ppl-max-tokens", type=int, default=4096)
-    ap.add_argument("--speed-seq-len", type=int, default=128)
+    ap.add_argument("--speed-seq-len", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--decode-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2, help="threads for the perplexity pass (speed uses 1)")
     ap.add_argument("--speed-only", action="store_true",
                     help="keep the size and perplexity rows of an existing --json; measure speed again")
