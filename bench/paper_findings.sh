@@ -43,7 +43,7 @@ laco-t-smollm2)
   dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,I=1,T=-1 --counts 2,4,6,8 "${PPL[@]}" \
      --out "$OUT/sweep-laco-t-smollm2-135m" --overwrite | tee "$OUT/sweep-laco-t-smollm2-135m.log" ;;
 laco-h-smollm2)
-  # LaCo kept away from the last layers (H = 25: merges only below the last 4 layers), threshold check on (T=0.5)
+  # LaCo kept away from the last layers (H = 25: no merge based above layer 25), threshold check on (T=0.5)
   dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies laco --laco C=3,L=1,H=25,I=1,T=0.5 --counts 2,4,6,8 "${PPL[@]}" \
      --out "$OUT/sweep-laco-h-smollm2-135m" --overwrite | tee "$OUT/sweep-laco-h-smollm2-135m.log"
   # the same range without the similarity check

@@ -68,6 +68,7 @@ def laco_vs_removal(root: Path) -> None:
     print("| model | layers removed | BI one-shot | LaCo (T=0.5) | LaCo (T=-1, no similarity check) | "
           "LaCo T=0.5: merged away (0-based) | LaCo T=-1: merged away |")
     print("|---|---|---|---|---|---|---|")
+    notes: list[str] = []
     for name in MODELS:
         sweep = root / f"sweep-{name}" / "sweep.json"
         if not sweep.exists():
@@ -81,9 +82,18 @@ def laco_vs_removal(root: Path) -> None:
             a, b, c = by.get(("one-shot", n)), by.get(("laco", n)), by_free.get(n)
             print(f"| {name} | {n} | {fmt(a and a['ppl'], 2)} | {fmt(b and b['ppl'], 2) if b else 'not reached'} | "
                   f"{fmt(c and c['ppl'], 2)} | {b['removed_layers'] if b else '-'} | {c['removed_layers'] if c else '-'} |")
-        for why in s.get("skipped", []):
-            if "laco" in why:
-                print(f"\n{name}, LaCo with T=0.5: {why}")
+        notes += [f"{name}, LaCo with T=0.5: {why}" for why in s.get("skipped", []) if "laco" in why]
+        for tag, label in (("laco-h", "H=25, T=0.5"), ("laco-ht", "H=25, T=-1")):
+            extra = root / f"sweep-{tag}-{name}" / "sweep.json"
+            if extra.exists():
+                e = json.loads(extra.read_text())
+                pts = ", ".join(f"{p['n_removed']} layers {fmt(p['ppl'], 2)} (merged away {p['removed_layers']})"
+                                for p in e["points"]) or "no point"
+                notes.append(f"{name}, LaCo with {label} (H = 25: no merge based above layer 25): {pts}"
+                             + "".join(f"; {why}" for why in e.get("skipped", [])))
+    print()
+    for note in notes:
+        print(f"- {note}")
     print()
 
 
