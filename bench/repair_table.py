@@ -82,6 +82,8 @@ def main() -> None:
                    help="calibration + LoRA text: the Gutenberg books (other domain than the evaluation), or "
                         f"WikiText-2 raw test from character {WIKI_TAIL_START:,} on (same domain, disjoint from the "
                         "evaluated first tokens; checked)")
+    p.add_argument("--tasks", default="", help="lm-eval tasks for every row's model, e.g. piqa,arc_easy (offline data)")
+    p.add_argument("--limit", type=int, default=50, help="documents per lm-eval task")
     p.add_argument("--json", required=True)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -107,6 +109,12 @@ def main() -> None:
 
     t = time.perf_counter()
     result["dense_ppl"] = None if (a.lora_only or a.skip_none) else ppl(model)
+    if a.tasks and not (a.lora_only or a.skip_none):
+        from depthprune.evaluation import evaluate_tasks
+
+        res = evaluate_tasks(model, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name="dense",
+                             bootstrap_iters=100)
+        result["dense_tasks"] = {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}
     result["dense_eval_s"] = time.perf_counter() - t
     save()
     total = num_layers(model.config)
@@ -139,6 +147,12 @@ def main() -> None:
     def row(strategy, repair, m, seconds, peak, extra=None):
         r = {"strategy": strategy, "removed": selections[strategy], "repair": repair, "ppl": ppl(m),
              "repair_s": seconds, "repair_peak_mb": peak / 2**20 if peak is not None else None, **(extra or {})}
+        if a.tasks:
+            from depthprune.evaluation import evaluate_tasks
+
+            res = evaluate_tasks(m, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name=f"{strategy}/{repair}",
+                                 bootstrap_iters=100)
+            r["tasks"] = {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}
         result["rows"].append(r)
         save()
         print(json.dumps({k: r[k] for k in ("strategy", "repair", "ppl", "repair_s")}), flush=True)
@@ -196,6 +210,8 @@ def render(paths: list[str]) -> str:
     for path in paths:
         d = json.loads(Path(path).read_text())
         m = by_model.setdefault(d["model"], {"dense": None, "rows": [], "meta": []})
+        if d.get("dense_tasks") and not m.get("dense_tasks"):
+            m["dense_tasks"] = d["dense_tasks"]
         if d.get("dense_ppl") is not None and m["dense"] is None:
             m["dense"] = d["dense_ppl"]
         m["rows"] += d["rows"]
@@ -220,6 +236,16 @@ def render(paths: list[str]) -> str:
                 label += f" (ridge {ridge:g})" if ridge is not None else f" (ridge by CV: {', '.join(f'{c:g}' for c in chosen)})"
             lines.append(f"| {r['strategy']} | {r['removed']} | {label} | {r['ppl']:.2f} | {ratio} | "
                          f"{r['repair_s']:.0f} | {peak} |")
+        tasks = [r for r in m["rows"] if r.get("tasks")]
+        if tasks:  # accuracy table: lm-eval acc in % ± standard error, n per task
+            names = sorted(tasks[0]["tasks"])
+            cell = lambda t: f"{100 * t['acc']:.0f} ± {100 * (t.get('acc_stderr') or float('nan')):.0f} (n={t.get('n')})"  # noqa: E731
+            lines += ["", "| strategy | repair | " + " | ".join(f"{n} acc %" for n in names) + " |",
+                      "|---|---|" + "---|" * len(names)]
+            if m.get("dense_tasks"):
+                lines.append("| dense | none | " + " | ".join(cell(m["dense_tasks"][n]) for n in names) + " |")
+            for r in tasks:
+                lines.append(f"| {r['strategy']} | {r['repair']} | " + " | ".join(cell(r["tasks"][n]) for n in names) + " |")
         for path, d in m["meta"]:
             for ref in d.get("refused", []):
                 lines.append(f"\nRefused ({ref['strategy']}): {ref['reason']}")
