@@ -2,7 +2,7 @@
 # The numbers of docs/paper-findings.md: ShortGPT's other findings on the bundled models.
 # Usage: bash bench/paper_findings.sh [SECTION...]
 #   sections: heads-smollm2 heads-gemma3 sweep-smollm2 sweep-gemma3 tasks-smollm2 mmlu-smollm2
-#             depth-width-smollm2 depth-width-gemma3 laco-t-smollm2 laco-h-smollm2 laco-t-gemma3
+#             depth-width-smollm2 depth-width-gemma3 laco-t-smollm2 laco-h-smollm2 laco-t-gemma3 heads-gemma3-loss
 #   (default: all but mmlu-smollm2, in turn)
 # Tiny on purpose: the 2 CPU cores were shared by ~7 engineers' jobs (load average ~20; one of
 # these processes got ~6% of a core). Calibration 8 sequences x 32 tokens of the PG-19 books for the
@@ -31,6 +31,10 @@ heads-gemma3)
   # one-pass o_proj score: Gemma's 262k-token LM head makes every masked partial pass ~3x dearer.
   dp heads gemma3-270m "${HCAL[@]}" --metrics oproj-norm --units query --remove-per-layer 1 --remove-unit query \
      --select-by oproj-norm "${PPL[@]}" --out "$OUT/heads-gemma3-270m" --overwrite | tee "$OUT/heads-gemma3-270m.log" ;;
+heads-gemma3-loss)
+  # Gemma 3 270M with the direct score too: masked calibration-loss increase per query head (72 partial passes)
+  dp heads gemma3-270m "${HCAL[@]}" --metrics loss,oproj-norm --units query \
+     --out "$OUT/heads-gemma3-270m" --overwrite | tee "$OUT/heads-gemma3-270m-loss.log" ;;
 sweep-smollm2)
   # removal (BI one-shot) vs LaCo at equal layer counts
   dp sweep smollm2-135m "${SCAL[@]}" --metrics bi --strategies one-shot,laco --counts 2,4,6,8 "${PPL[@]}" \
