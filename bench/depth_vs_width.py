@@ -103,7 +103,8 @@ def plot(out: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for key, label, colour in (("depth", "layers removed (lowest BI)", "#d62728"),
-                               ("width", f"attention {out['settings']['unit']}s removed per layer", "#1f77b4")):
+                               ("width", {"group": "attention KV groups", "query": "attention query heads"}[out["settings"]["unit"]]
+                               + " removed per layer", "#1f77b4")):
         pts = sorted((p["share"] * 100, p["ppl"]) for p in out[key])
         ax.plot([0] + [x for x, _ in pts], [out["dense_ppl"]] + [y for _, y in pts], "o-", color=colour, label=label)
     ax.set_yscale("log")
