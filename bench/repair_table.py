@@ -84,8 +84,20 @@ def main() -> None:
                         "evaluated first tokens; checked)")
     p.add_argument("--tasks", default="", help="lm-eval tasks for every row's model, e.g. piqa,arc_easy (offline data)")
     p.add_argument("--limit", type=int, default=50, help="documents per lm-eval task")
+    p.add_argument("--repairs", default=None,
+                   help="rows to measure, comma list of none,lstsq,cosine,lora,linear+lora,distill (distill: LoRA "
+                        "trained on the dense model's next-token distribution); default: none, --objectives, and "
+                        "lora,linear+lora for the --lora-on strategies")
     p.add_argument("--json", required=True)
     a = p.parse_args()
+    if a.repairs is None:
+        repairs = ([] if (a.skip_none or a.lora_only) else ["none"]) + \
+            ([] if a.lora_only else a.objectives.split(",")) + ["lora", "linear+lora"]
+    else:
+        repairs = a.repairs.split(",")
+        unknown = set(repairs) - {"none", "lstsq", "cosine", "lora", "linear+lora", "distill"}
+        if unknown:
+            p.error(f"unknown repairs: {', '.join(sorted(unknown))}")
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     out = Path(a.json)
@@ -163,8 +175,14 @@ def main() -> None:
         removed = selections[strategy]
         if not removed:  # the dense reference gets LoRA rows only
             continue
-        if not a.lora_only and not a.skip_none:
+        if "none" in repairs:
             row(strategy, "none", pruned_copy(model, removed), 0.0, None)
+        objectives = [o for o in ("lstsq", "cosine") if o in repairs]
+        fit_for_lora = "linear+lora" in repairs and strategy in a.lora_on.split(",")
+        if fit_for_lora and a.lora_linear not in objectives:
+            objectives.append(a.lora_linear)
+        if not objectives:
+            continue
         try:
             with PeakMemory() as mem:
                 t = time.perf_counter()
@@ -175,7 +193,7 @@ def main() -> None:
             save()
             continue
         ridge = None if a.ridge == "auto" else float(a.ridge)
-        for objective in ((a.lora_linear,) if a.lora_only else a.objectives.split(",")):
+        for objective in objectives:
             with PeakMemory() as mem2:
                 t = time.perf_counter()
                 maps, rep = solve_maps(stats, objective=objective, ridge=ridge, cosine_steps=a.cosine_steps)
@@ -183,7 +201,7 @@ def main() -> None:
                 fold_linear_maps(pruned, maps, removed, total)
                 solve_s = time.perf_counter() - t
             repaired_linear[(strategy, objective)] = pruned
-            if not a.lora_only:
+            if objective in repairs:
                 row(strategy, f"linear-{objective}" + ("" if a.ridge == "auto" else f" (ridge {a.ridge})"), pruned, collect_s + solve_s, max(mem.peak_bytes, mem2.peak_bytes),
                     {"fit": rep.to_json()})
         del stats
@@ -192,14 +210,17 @@ def main() -> None:
             continue
         removed = selections[strategy]
         train, held = repair_data(tok, text, tokens=a.lora_tokens, seq_len=a.lora_seq_len, seed=1)
-        starts = [("lora", pruned_copy(model, removed) if removed else copy.deepcopy(model))]
-        if (strategy, a.lora_linear) in repaired_linear:
-            starts.append((f"linear-{a.lora_linear}+lora", repaired_linear[(strategy, a.lora_linear)]))
-        for name, start in starts:
+        fresh = lambda: pruned_copy(model, removed) if removed else copy.deepcopy(model)  # noqa: E731
+        starts = [("lora", fresh, None)] if "lora" in repairs else []
+        if "linear+lora" in repairs and (strategy, a.lora_linear) in repaired_linear:
+            starts.append((f"linear-{a.lora_linear}+lora", lambda: repaired_linear[(strategy, a.lora_linear)], None))
+        if "distill" in repairs:  # KL to the dense model's next-token distribution, teacher logits on the fly
+            starts.append(("lora-distill", fresh, model))
+        for name, start, teacher in starts:
             with PeakMemory() as mem:
                 t = time.perf_counter()
-                merged, rep = lora_repair(start, train, held, rank=a.lora_rank, lr=a.lora_lr, batch_size=4,
-                                          eval_every=2, seed=0, progress=False)
+                merged, rep = lora_repair(start(), train, held, teacher=teacher, rank=a.lora_rank, lr=a.lora_lr,
+                                          batch_size=4, eval_every=2, seed=0, progress=False)
                 seconds = time.perf_counter() - t
             row(strategy, name, merged, seconds, mem.peak_bytes, {"lora": rep.to_json()})
 
