@@ -502,6 +502,19 @@ def test_null_texts_are_skipped_and_counted(work, capsys, tmp_path, caplog):
     assert "skipped 2" in caplog.text
 
 
+def test_null_parquet_values_are_skipped_and_counted(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from depthprune import data
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": [None, "first", None, "second"]}), path)
+    with caplog.at_level(logging.WARNING):
+        assert list(data.iter_texts(str(path))) == ["first", "second"]
+    assert "skipped 2" in caplog.text
+
+
 class CountingTokenizer:
     """Wraps a tokenizer and records the longest text it was asked to tokenize at once."""
 

@@ -213,72 +213,72 @@ def _field_value(value, where: str, text_field: str) -> str | None:
                           "pick the text field with --text-field")
 
 
-def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
+def _documents(values: Iterator[tuple[object, str]], source: str, text_field: str) -> Iterator[str]:
+    """Texts from (field value, where) pairs of one record source: nulls are skipped (and counted in one warning),
+    non-text values refused, long texts split into bounded pieces."""
     skipped = 0
     try:
-        with _open_text(path) as handle:
-            lineno = 0
-            while True:
-                try:
-                    line = handle.readline()
-                except UnicodeDecodeError as exc:
-                    raise DepthpruneError(f"{path} (after line {lineno}) is not UTF-8 text ({exc.reason})") from None
-                except OSError as exc:
-                    raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
-                if not line:
-                    break
-                lineno += 1
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, RecursionError):
-                    raise DepthpruneError(f"{path}:{lineno} is not valid JSON (expected one object per line)") from None
-                if not isinstance(row, dict) or text_field not in row:
-                    raise DepthpruneError(f"{path}:{lineno} has no '{text_field}' field; pick the field with --text-field")
-                text = _field_value(row[text_field], f"{path}:{lineno}", text_field)
-                if text is None:
-                    skipped += 1
-                    continue
-                yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
+        for value, where in values:
+            text = _field_value(value, where, text_field)
+            if text is None:
+                skipped += 1
+                continue
+            yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
     finally:
+        values.close()  # release the file / stream now, also when the reader stops early
         if skipped:
-            log.warning("%s: skipped %d row(s) whose '%s' is null", path, skipped, text_field)
+            log.warning("%s: skipped %d row(s) whose '%s' is null", source, skipped, text_field)
 
 
-def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+def _jsonl_values(path: Path, text_field: str) -> Iterator[tuple[object, str]]:
+    with _open_text(path) as handle:
+        lineno = 0
+        while True:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as exc:
+                raise DepthpruneError(f"{path} (after line {lineno}) is not UTF-8 text ({exc.reason})") from None
+            except OSError as exc:
+                raise DepthpruneError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise DepthpruneError(f"{path}:{lineno} is not valid JSON (expected one object per line)") from None
+            if not isinstance(row, dict) or text_field not in row:
+                raise DepthpruneError(f"{path}:{lineno} has no '{text_field}' field; pick the field with --text-field")
+            yield row[text_field], f"{path}:{lineno}"
+
+
+def _parquet_values(path: Path, text_field: str) -> Iterator[tuple[object, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    skipped = 0
     try:
-        try:
-            handle = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise DepthpruneError(f"{path} is not a readable parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        if text_field not in handle.schema_arrow.names:
-            raise DepthpruneError(f"{path} has no '{text_field}' column; pick the column with --text-field")
-        try:
-            for batch in handle.iter_batches(batch_size=256, columns=[text_field]):
-                for value in batch.column(0).to_pylist():
-                    text = _field_value(value, f"{path} column '{text_field}'", text_field)
-                    if text is None:
-                        skipped += 1
-                        continue
-                    yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
-        except (pa.ArrowException, OSError) as exc:
-            raise DepthpruneError(f"{path} is a corrupt parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    finally:
-        if skipped:
-            log.warning("%s: skipped %d row(s) whose '%s' is null", path, skipped, text_field)
+        handle = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DepthpruneError(f"{path} is not a readable parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if text_field not in handle.schema_arrow.names:
+        raise DepthpruneError(f"{path} has no '{text_field}' column; pick the column with --text-field")
+    where = f"{path} column '{text_field}'"
+    try:
+        for batch in handle.iter_batches(batch_size=256, columns=[text_field]):
+            for value in batch.column(0).to_pylist():
+                yield value, where
+    except (pa.ArrowException, OSError) as exc:
+        raise DepthpruneError(f"{path} is a corrupt parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _file_texts(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        yield from _jsonl_texts(path, text_field)
+        yield from _documents(_jsonl_values(path, text_field), str(path), text_field)
     elif suffix == ".parquet":
-        yield from _parquet_texts(path, text_field)
+        yield from _documents(_parquet_values(path, text_field), str(path), text_field)
     else:
         try:
             small = path.stat().st_size <= READ_CHUNK_CHARS
@@ -311,28 +311,22 @@ def _hf_texts(spec: str, text_field: str) -> Iterator[str]:
     except Exception as exc:  # datasets raises many types; the user needs the one sentence
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DepthpruneError(f"could not load dataset '{spec}': {first}") from None
-    skipped = 0
-    rows = iter(ds)
-    try:
-        while True:
-            try:  # streaming reads over the network as it goes: a lost connection is the user's one sentence too
-                row = next(rows)
-            except StopIteration:
-                return
-            except Exception as exc:  # noqa: BLE001 - datasets/fsspec/aiohttp raise many types
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise DepthpruneError(f"could not read dataset '{spec}': {first}; check the network or use a "
-                                      "local file") from None
-            if text_field not in row:
-                raise DepthpruneError(f"dataset '{spec}' has no '{text_field}' field; pick it with --text-field")
-            text = _field_value(row[text_field], f"dataset '{spec}'", text_field)
-            if text is None:
-                skipped += 1
-                continue
-            yield text if len(text) <= READ_CHUNK_CHARS else Pieces(split_text(text))
-    finally:
-        if skipped:
-            log.warning("dataset '%s': skipped %d row(s) whose '%s' is null", spec, skipped, text_field)
+    yield from _documents(_hf_values(iter(ds), spec, text_field), f"dataset '{spec}'", text_field)
+
+
+def _hf_values(rows: Iterator[dict], spec: str, text_field: str) -> Iterator[tuple[object, str]]:
+    while True:
+        try:  # streaming reads over the network as it goes: a lost connection is the user's one sentence too
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - datasets/fsspec/aiohttp raise many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DepthpruneError(f"could not read dataset '{spec}': {first}; check the network or use a "
+                                  "local file") from None
+        if text_field not in row:
+            raise DepthpruneError(f"dataset '{spec}' has no '{text_field}' field; pick it with --text-field")
+        yield row[text_field], f"dataset '{spec}'"
 
 
 def iter_texts(spec: str, *, text_field: str = "text") -> Iterator[str]:
