@@ -225,8 +225,15 @@ def main() -> None:
             row(strategy, name, merged, seconds, mem.peak_bytes, {"lora": rep.to_json()})
 
 
+STRATEGY_ORDER = ("block", "one-shot", "greedy-ppl", "dense")
+REPAIR_ORDER = ("none", "linear-lstsq", "linear-cosine", "lora", "linear-lstsq+lora", "linear-cosine+lora",
+                "lora-distill")
+
+
 def render(paths: list[str]) -> str:
-    """Markdown tables from one or more result JSONs (rows of the same model are merged; dense from the first)."""
+    """One markdown table per model from one or more result JSONs: perplexity, lm-eval accuracy (where the run had
+    --tasks), repair time and memory; rows of the same model are merged and sorted by strategy and repair, the
+    dense figures come from the first file that has them."""
     by_model: dict[str, dict] = {}
     for path in paths:
         d = json.loads(Path(path).read_text())
@@ -241,13 +248,31 @@ def render(paths: list[str]) -> str:
     for model, m in by_model.items():
         _, first = m["meta"][0]
         cal, ev = first.get("calibration", {}), first.get("evaluation", {})
+        names = sorted({t for r in m["rows"] for t in r.get("tasks", {})} | set(m.get("dense_tasks", {})))
+        rank = lambda order, v: order.index(v) if v in order else len(order)  # noqa: E731
+        rows = sorted(m["rows"], key=lambda r: (rank(STRATEGY_ORDER, r["strategy"]),
+                                                rank(REPAIR_ORDER, r["repair"].split(" (")[0])))
+
+        def cell(tasks, name):
+            t = (tasks or {}).get(name)
+            if not t:
+                return "-"
+            return f"{100 * t['acc']:.0f} ± {100 * (t.get('acc_stderr') or float('nan')):.0f}"
+
+        ns = sorted({t.get("n") for r in rows for t in r.get("tasks", {}).values()})
         lines += [f"### {model}, {first['remove']} layers removed", "",
                   f"Dense perplexity {m['dense']:.2f} on {ev.get('stream_tokens')} tokens of WikiText-2 raw test "
                   f"(windows of {ev.get('seq_len')}). Calibration: {cal.get('samples')} x {cal.get('seq_len')} tokens "
-                  f"of {cal.get('source')} (seed {cal.get('seed')}).", "",
-                  "| strategy | removed (0-based) | repair | PPL | x dense | repair time (s) | repair peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in m["rows"]:
+                  f"of {cal.get('source')} (seed {cal.get('seed')})."
+                  + (f" Accuracy: lm-eval zero-shot acc in % ± standard error, n = {', '.join(map(str, ns))} "
+                     "documents per task." if names else ""), "",
+                  "| strategy | removed (0-based) | repair | PPL | x dense | "
+                  + "".join(f"{n} | " for n in names) + "repair time (s) | repair peak RSS (MB) |",
+                  "|---|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+        if names and m.get("dense_tasks"):
+            lines.append(f"| dense | [] | none | {m['dense']:.2f} | 1.00 | "
+                         + "".join(f"{cell(m['dense_tasks'], n)} | " for n in names) + "- | - |")
+        for r in rows:
             peak = f"{r['repair_peak_mb']:.0f}" if r.get("repair_peak_mb") is not None else "-"
             ratio = f"{r['ppl'] / m['dense']:.2f}" if m["dense"] else "-"
             label = r["repair"]
@@ -256,17 +281,8 @@ def render(paths: list[str]) -> str:
                 chosen = sorted({run.get("ridge") for run in r["fit"]["runs"] if run.get("ridge") is not None})
                 label += f" (ridge {ridge:g})" if ridge is not None else f" (ridge by CV: {', '.join(f'{c:g}' for c in chosen)})"
             lines.append(f"| {r['strategy']} | {r['removed']} | {label} | {r['ppl']:.2f} | {ratio} | "
-                         f"{r['repair_s']:.0f} | {peak} |")
-        tasks = [r for r in m["rows"] if r.get("tasks")]
-        if tasks:  # accuracy table: lm-eval acc in % ± standard error, n per task
-            names = sorted(tasks[0]["tasks"])
-            cell = lambda t: f"{100 * t['acc']:.0f} ± {100 * (t.get('acc_stderr') or float('nan')):.0f} (n={t.get('n')})"  # noqa: E731
-            lines += ["", "| strategy | repair | " + " | ".join(f"{n} acc %" for n in names) + " |",
-                      "|---|---|" + "---|" * len(names)]
-            if m.get("dense_tasks"):
-                lines.append("| dense | none | " + " | ".join(cell(m["dense_tasks"][n]) for n in names) + " |")
-            for r in tasks:
-                lines.append(f"| {r['strategy']} | {r['repair']} | " + " | ".join(cell(r["tasks"][n]) for n in names) + " |")
+                         + "".join(f"{cell(r.get('tasks'), n)} | " for n in names)
+                         + f"{r['repair_s']:.0f} | {peak} |")
         for path, d in m["meta"]:
             for ref in d.get("refused", []):
                 lines.append(f"\nRefused ({ref['strategy']}): {ref['reason']}")
