@@ -93,3 +93,33 @@ def test_bad_repair_requests(work, tmp_path):
         RepairRecipe(methods=["lora", "linear"], data=str(root / "calib.txt")).validate()
     with pytest.raises(DepthpruneError, match="not a depthprune output"):
         repair_api(tmp_path, RepairRecipe(methods=["linear"]), progress=False)
+
+
+def test_a_repair_that_raises_heldout_perplexity_is_reported_and_warned(work, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from depthprune.repair import stage
+
+    root, model = work
+    plain = tmp_path / "plain"
+    run_recipe(Recipe(model=model, calibration=CalibrationRecipe(data=str(root / "calib.txt"), samples=4, seq_len=32,
+                                                                  batch_size=2),
+                      selection=SelectionRecipe(layers=[2, 3]), output=OutputRecipe(path=str(plain))), progress=False)
+    real = stage.run_repair
+
+    def harmful(*args, **kwargs):  # the real repair, then a change that makes every prediction worse
+        m, rep = real(*args, **kwargs)
+        with torch.no_grad():
+            m.get_output_embeddings().weight.mul_(-1.0)
+        return m, rep
+
+    monkeypatch.setattr(stage, "run_repair", harmful)
+    spec = RepairRecipe(methods=["linear"])
+    with caplog.at_level(logging.WARNING):
+        res = repair_api(plain, spec, eval_ppl=str(root / "calib.txt"), ppl_max_tokens=256, ppl_seq_len=32,
+                         progress=False)
+    verdict = res.report.repair["heldout"]
+    # independent reference: the perplexities the report recorded, compared here
+    assert verdict["unrepaired_ppl"] == res.report.perplexity["unrepaired"]["ppl"]
+    assert verdict["repaired_ppl"] == res.report.perplexity["pruned"]["ppl"] > verdict["unrepaired_ppl"]
+    assert verdict["improved"] is False and "did not lower held-out perplexity" in caplog.text

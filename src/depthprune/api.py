@@ -403,6 +403,10 @@ def run(recipe: Recipe, model=None, tokenizer=None, *, scores: ScoreReport | Non
     if ev.ppl is not None:
         with _stage(timings, "perplexity"):
             ppl["pruned"] = measure(pruned)
+        if repair_report is not None and recipe.quantization.method is None:  # quantized: not comparable
+            from .repair.stage import heldout_verdict
+
+            repair_report["heldout"] = heldout_verdict(ppl)
     if ev.tasks is not None:
         with _stage(timings, "tasks"):
             evals["pruned"] = tasks_of(pruned, "pruned")
@@ -491,8 +495,8 @@ def repair(pruned_dir: str | Path, repair: "RepairRecipe", *, out: str | Path | 
     ``linear`` and ``distill`` need the dense model: it is loaded from the source recorded in the output's
     ``depthprune.json``, with the recorded calibration unless ``calibration`` is given.
     """
-    from .repair.stage import (build_repair_calibration, calibration_recipe_of, check_repairable, read_output,
-                               run_repair)
+    from .repair.stage import (build_repair_calibration, calibration_recipe_of, check_repairable, heldout_verdict,
+                               read_output, run_repair)
     from .surgery import validate_layer_indices
 
     recorded = read_output(pruned_dir)
@@ -527,6 +531,7 @@ def repair(pruned_dir: str | Path, repair: "RepairRecipe", *, out: str | Path | 
     if eval_ppl is not None:
         ppl["pruned"] = perplexity(model, loaded.tokenizer, eval_ppl, seq_len=ppl_seq_len, max_tokens=ppl_max_tokens,
                                    progress=progress).to_json()
+        report_json["heldout"] = heldout_verdict(ppl)
     report_json["command"] = command
     report_json["repaired_from"] = str(pruned_dir)
     fields_ = {k: v for k, v in recorded.items() if k in PruneReport.__dataclass_fields__}

@@ -59,6 +59,20 @@ def run_repair(repair: RepairRecipe, dense: nn.Module, pruned: nn.Module, remove
     return pruned, report
 
 
+def heldout_verdict(ppl: dict) -> dict | None:
+    """Held-out perplexity before vs after the repair (``ppl`` holds ``unrepaired`` and ``pruned`` results);
+    warns when the repair did not lower it: the saved model is still the repaired one the user asked for."""
+    before, after = ppl.get("unrepaired"), ppl.get("pruned")
+    if not before or not after:
+        return None
+    verdict = {"unrepaired_ppl": before["ppl"], "repaired_ppl": after["ppl"], "improved": after["ppl"] < before["ppl"]}
+    if not verdict["improved"]:
+        log.warning("the repair did not lower held-out perplexity (%.3f unrepaired, %.3f repaired); the output holds "
+                    "the repaired model as asked: compare another --repair method or objective, or calibration text "
+                    "closer to the evaluated text", before["ppl"], after["ppl"])
+    return verdict
+
+
 def read_output(pruned_dir: str | Path) -> dict:
     """The ``depthprune.json`` of a depthprune output directory; a clear error if it is not one."""
     path = Path(pruned_dir).expanduser() / "depthprune.json"
