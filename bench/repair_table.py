@@ -119,14 +119,17 @@ def main() -> None:
     def ppl(m) -> float:
         return perplexity_on(m, windows, progress=False).ppl
 
+    def tasks_of(m, name: str) -> dict:
+        """lm-eval metrics per task of --tasks, with the number of documents evaluated."""
+        from depthprune.evaluation import evaluate_tasks
+
+        res = evaluate_tasks(m, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name=name, bootstrap_iters=100)
+        return {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}
+
     t = time.perf_counter()
     result["dense_ppl"] = None if (a.lora_only or a.skip_none) else ppl(model)
     if a.tasks and not (a.lora_only or a.skip_none):
-        from depthprune.evaluation import evaluate_tasks
-
-        res = evaluate_tasks(model, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name="dense",
-                             bootstrap_iters=100)
-        result["dense_tasks"] = {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}
+        result["dense_tasks"] = tasks_of(model, "dense")
     result["dense_eval_s"] = time.perf_counter() - t
     save()
     total = num_layers(model.config)
@@ -160,11 +163,7 @@ def main() -> None:
         r = {"strategy": strategy, "removed": selections[strategy], "repair": repair, "ppl": ppl(m),
              "repair_s": seconds, "repair_peak_mb": peak / 2**20 if peak is not None else None, **(extra or {})}
         if a.tasks:
-            from depthprune.evaluation import evaluate_tasks
-
-            res = evaluate_tasks(m, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name=f"{strategy}/{repair}",
-                                 bootstrap_iters=100)
-            r["tasks"] = {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}
+            r["tasks"] = tasks_of(m, f"{strategy}/{repair}")
         result["rows"].append(r)
         save()
         print(json.dumps({k: r[k] for k in ("strategy", "repair", "ppl", "repair_s")}), flush=True)
