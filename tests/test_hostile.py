@@ -568,7 +568,7 @@ def test_self_calibration_text_does_not_depend_on_batch_size():
 
 
 def test_task_context_longer_than_the_model_is_one_sentence(capsys, tmp_path):
-    from conftest import SHARED_DATA
+    from conftest import TASK_DATA
 
     tok = tiny_tokenizer()
     config = tf.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=8, **{
@@ -576,7 +576,7 @@ def test_task_context_longer_than_the_model_is_one_sentence(capsys, tmp_path):
     short = tmp_path / "short-context"
     tf.GPT2LMHeadModel(config).save_pretrained(short)
     tok.save_pretrained(short)
-    code, _, err = cli(capsys, "eval", short, "--tasks", "piqa", "--limit", 2, "--data-dir", SHARED_DATA)
+    code, _, err = cli(capsys, "eval", short, "--tasks", "piqa", "--limit", 2, "--data-dir", TASK_DATA)
     errors = [line[line.index("error:"):] for line in err.splitlines() if "error:" in line]  # lm-eval's bars share stderr
     assert code == 2 and "Traceback" not in err, err
     assert len(errors) == 1 and "context" in errors[0] and "8 positions" in errors[0], err
