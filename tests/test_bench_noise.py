@@ -2,8 +2,8 @@
 
 import pytest
 
-from depthprune.speed import BenchComparison, BenchResult, Workload, ratio_noise
-from depthprune.summary import speed_table
+from depthprune.evaluation.speed import BenchComparison, BenchResult, Workload, ratio_noise
+from depthprune.reporting.tables import speed_table
 
 
 def _result(times: list[float], flops: int, layers: int) -> BenchResult:

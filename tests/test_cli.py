@@ -164,9 +164,9 @@ def test_debug_flag_shows_the_traceback(work, tmp_path):
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
-def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
-    from depthprune import export
-    from depthprune.reports import PruneReport
+def test_interrupted_save_leaves_no_directory(tmp_path):
+    from depthprune.io.formats.hf import save_checkpoint
+    from depthprune.io.writer import OutputSpec, transaction
 
     class Exploding:
         def parameters(self):
@@ -176,11 +176,9 @@ def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
             (Path(path) / "model.safetensors").write_bytes(b"partial")
             raise KeyboardInterrupt
 
-    report = PruneReport(model="m", model_type="llama", metric="bi", strategy="one-shot", removed_layers=[1],
-                         kept_layers=[0], num_layers_before=2, num_layers_after=1, params_before=2, params_after=1,
-                         scores=[0.5, 0.1], calibration={})
     with pytest.raises(KeyboardInterrupt):
-        export.save_pruned(Exploding(), None, report, tmp_path / "out")
+        with transaction(OutputSpec("prune", tmp_path / "out")) as staging:
+            save_checkpoint(Exploding(), None, staging.location, "float32")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,7 +187,8 @@ def test_overwrite_replaces_existing_output(work, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    (out / "depthprune.json").write_text("{}")  # --overwrite replaces only a previous depthprune output (issue 7)
+    # --overwrite replaces only a previous depthprune output (one written before records named their command)
+    (out / "depthprune.json").write_text(json.dumps({"removed_layers": [1], "num_layers_before": 4}))
     result = run("prune", model, "--remove", 1, "--data", root / "calib.txt", *CALIB, "--out", out, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not (out / "old.txt").exists() and (out / "depthprune.json").exists()

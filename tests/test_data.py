@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from depthprune import data
+from depthprune.io import data
 from depthprune.errors import DepthpruneError
 
 from tiny import tiny_tokenizer

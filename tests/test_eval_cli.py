@@ -39,9 +39,9 @@ def test_prune_eval_tasks_side_by_side_and_report(model, tmp_path):
     pruned = json.loads((out / "eval" / "pruned.json").read_text())
     assert dense["role"] == "dense" and pruned["role"] == "pruned"
     assert "piqa" in (out / "README.md").read_text()
-    result = run("report", out)
+    result = run("report", out, "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
-    assert "piqa" in (out / "report.md").read_text()
+    assert "piqa" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, fragment", [

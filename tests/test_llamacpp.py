@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthprune.formats.gguf_prune import prune_gguf
+from depthprune.surgery.gguf_cut import prune_gguf
 from test_gguf_prune import _smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp check needs: pip install -e '.[gguf-check]'")
@@ -75,9 +75,9 @@ def test_llamacpp_loads_generates_and_matches_transformers(tmp_path):
 def test_llamacpp_runs_an_exported_gguf(tmp_path):
     """formats.gguf_export (a transformers model written as q8_0 GGUF): llama.cpp loads it, tokenizes like the
     HF tokenizer, generates, and its perplexity matches the exported model's own (dequantized) perplexity."""
-    from depthprune.formats.gguf_export import export_gguf
-    from depthprune.models import load_model
-    from depthprune.surgery import pruned_copy
+    from depthprune.io.formats.gguf_export import export_gguf
+    from depthprune.io.models import load_model
+    from depthprune.surgery.in_memory import pruned_copy
 
     loaded = load_model("smollm2-135m")
     pruned = pruned_copy(loaded.model, REMOVED)

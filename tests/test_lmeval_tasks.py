@@ -31,14 +31,8 @@ from conftest import FULL_DATA, TASK_DATA  # noqa: E402
 
 DATA = TASK_DATA
 
-from depthprune import lmeval_tasks as lt  # noqa: E402
-from depthprune.lmeval_tasks import (  # noqa: E402
-    LOCAL_TASK_NAMES,
-    STANDARD_TASKS,
-    SUPPORTED_TASKS,
-    prepare_offline_tasks,
-    run_lm_eval,
-)
+from depthprune.evaluation import lmeval_tasks as lt
+from depthprune.evaluation.lmeval_tasks import LOCAL_TASK_NAMES, STANDARD_TASKS, SUPPORTED_TASKS, prepare_offline_tasks, run_lm_eval
 
 FULL_DOCS = {
     "mmlu": 14042,

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import depthprune as dp
 from depthprune.errors import DepthpruneError
-from depthprune.loss_metrics import ppl_scores, taylor_scores
-from depthprune.strategies import compute_scores
+from depthprune.importance.loss_metrics import ppl_scores, taylor_scores
+from depthprune.selection.strategies import compute_scores
+from depthprune.arch.layout import layout
 
 from tiny import batch, final_norm, tiny_model
 
@@ -136,7 +137,7 @@ def test_taylor_matches_direct_autograd(family):
     logits = ref_model(input_ids=ids, attention_mask=mask).logits
     keep = mask[:, 1:].bool() & mask[:, :-1].bool()
     loss = F.cross_entropy(logits[:, :-1][keep], ids[:, 1:][keep])
-    layers = dp.architectures.layout(ref_model).layers(ref_model)
+    layers = layout(ref_model).layers(ref_model)
     expected = []
     grads = torch.autograd.grad(loss, [p for layer in layers for p in layer.parameters()])
     k = 0

@@ -9,8 +9,8 @@ from tiny import batch, tiny_model
 
 pytest.importorskip("torchao")
 
-from depthprune.errors import DepthpruneError  # noqa: E402
-from depthprune.formats.quantize import quantize_model  # noqa: E402
+from depthprune.errors import DepthpruneError
+from depthprune.quantization.weights import quantize_model
 
 
 def _linears(model):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import depthprune as dp
-from depthprune.data import sequential_windows, iter_texts
-from depthprune.evaluation import perplexity_on
+from depthprune.io.data import sequential_windows, iter_texts
+from depthprune.evaluation.perplexity import perplexity_on
 
 from conftest import SHARED_DATA
 

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import depthprune as dp
-from depthprune.recipe import Recipe, SelectionRecipe
+from depthprune.recipe.schema import Recipe, SelectionRecipe
 from tiny import tiny_checkpoint
 
 TEXT = " ".join(f"Line {i} of calibration text about pruning layers." for i in range(300))

@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from depthprune.api import repair as repair_api
 from depthprune.api import run as run_recipe
-from depthprune.data import build_calibration
+from depthprune.io.data import build_calibration
 from depthprune.errors import DepthpruneError
-from depthprune.recipe import CalibrationRecipe, Recipe, RepairRecipe, SelectionRecipe, OutputRecipe
+from depthprune.recipe.schema import CalibrationRecipe, Recipe, RepairRecipe, SelectionRecipe, OutputRecipe
 from depthprune.repair import linear_repair
 from test_cli import CALIB, TEXT, run
 from tiny import tiny_checkpoint, tiny_tokenizer
@@ -98,22 +98,21 @@ def test_bad_repair_requests(work, tmp_path):
 def test_a_repair_that_raises_heldout_perplexity_is_reported_and_warned(work, tmp_path, monkeypatch, caplog):
     import logging
 
-    from depthprune.repair import stage
+    from depthprune.pipeline.stages import prune as stage
 
     root, model = work
     plain = tmp_path / "plain"
     run_recipe(Recipe(model=model, calibration=CalibrationRecipe(data=str(root / "calib.txt"), samples=4, seq_len=32,
                                                                   batch_size=2),
                       selection=SelectionRecipe(layers=[2, 3]), output=OutputRecipe(path=str(plain))), progress=False)
-    real = stage.run_repair
+    real = stage.fold_linear_maps
 
-    def harmful(*args, **kwargs):  # the real repair, then a change that makes every prediction worse
-        m, rep = real(*args, **kwargs)
+    def harmful(model, *args, **kwargs):  # the real repair, then a change that makes every prediction worse
+        real(model, *args, **kwargs)
         with torch.no_grad():
-            m.get_output_embeddings().weight.mul_(-1.0)
-        return m, rep
+            model.get_output_embeddings().weight.mul_(-1.0)
 
-    monkeypatch.setattr(stage, "run_repair", harmful)
+    monkeypatch.setattr(stage, "fold_linear_maps", harmful)
     spec = RepairRecipe(methods=["linear"])
     with caplog.at_level(logging.WARNING):
         res = repair_api(plain, spec, eval_ppl=str(root / "calib.txt"), ppl_max_tokens=256, ppl_seq_len=32,

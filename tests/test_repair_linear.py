@@ -6,12 +6,12 @@ import pytest
 import torch
 import transformers as tf
 
-from depthprune.architectures import layout
-from depthprune.data import from_tensors
+from depthprune.arch.layout import layout
+from depthprune.io.data import from_tensors
 from depthprune.errors import DepthpruneError
 from depthprune.repair import fit_linear_maps, fold_spec, linear_repair, removed_runs
 from depthprune.repair.folding import capture_module
-from depthprune.surgery import pruned_copy
+from depthprune.surgery.in_memory import pruned_copy
 from tiny import ARCHS, LLAMA_LIKE, batch, tiny_model
 
 FAMILIES = [f for f in ARCHS]  # llama mistral qwen2 qwen3 gemma2 gemma3 phi3 gpt2 gpt_neox opt falcon mixtral

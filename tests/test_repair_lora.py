@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers as tf
 
-from depthprune.data import from_tensors
+from depthprune.io.data import from_tensors
 from depthprune.repair.lora import lora_repair
-from depthprune.surgery import pruned_copy
+from depthprune.surgery.in_memory import pruned_copy
 from tiny import tiny_model
 
 pytest.importorskip("peft")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import depthprune as dp
-from depthprune.data import build_calibration, iter_texts, sequential_windows
-from depthprune.evaluation import perplexity_on
+from depthprune.io.data import build_calibration, iter_texts, sequential_windows
+from depthprune.evaluation.perplexity import perplexity_on
 from depthprune.repair import linear_repair, lora_repair, repair_data
 
 from conftest import SHARED_DATA

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from depthprune.export import model_card
-from depthprune.report import load, read_evals, write_report
+from depthprune.reporting.card import model_card
+from depthprune.reporting.report import load, read_evals
 from test_speed import run_cli
 from tiny import tiny_checkpoint
 
@@ -44,13 +44,28 @@ def pruned_dir(tmp_path_factory) -> Path:
     (out / "eval").mkdir()
     (out / "eval" / "dense.json").write_text(json.dumps(DENSE_EVAL))
     (out / "eval" / "pruned-tasks.json").write_text(json.dumps(PRUNED_EVAL))
-    proc = run_cli("report", str(out))
+    before = sorted(p.name for p in out.rglob("*"))
+    proc = run_cli("report", str(out), "--out", str(root / "report"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before  # the output reported on is an input: not written
+    return out
+
+
+def write_report(directory: Path, out: Path | None = None) -> Path:
+    """`depthprune report DIR --out OUT` (OUT: a new sibling folder); returns OUT."""
+    out = out or directory.parent / f"{directory.name}-report"
+    proc = run_cli("report", str(directory), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     return out
 
 
-def test_report_markdown_has_all_sections(pruned_dir):
-    md = (pruned_dir / "report.md").read_text()
+@pytest.fixture(scope="module")
+def report_dir(pruned_dir) -> Path:
+    return pruned_dir.parent / "report"
+
+
+def test_report_markdown_has_all_sections(pruned_dir, report_dir):
+    md = (report_dir / "report.md").read_text()
     meta = json.loads((pruned_dir / "depthprune.json").read_text())
     removed = ", ".join(str(i) for i in meta["removed_layers"])
     assert f"Removed layers (0-based, original numbering): **{removed}**" in md
@@ -64,17 +79,17 @@ def test_report_markdown_has_all_sections(pruned_dir):
         assert needle in md, needle
     assert meta["command"].startswith("depthprune -q prune ")
     for png in ("layer_scores.png", "report_quality.png", "report_speed.png"):
-        assert (pruned_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_two_repeats_are_flagged_unreliable_not_plotted(pruned_dir):
-    md = (pruned_dir / "report.md").read_text()
+def test_two_repeats_are_flagged_unreliable_not_plotted(pruned_dir, report_dir):
+    md = (report_dir / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| prefill") or line.startswith("| decode")]
     assert len(rows) == 3 and all("unreliable: only 2 paired run(s)" in row for row in rows)
 
 
-def test_report_html_is_self_contained(pruned_dir):
-    page = (pruned_dir / "report.html").read_text()
+def test_report_html_is_self_contained(pruned_dir, report_dir):
+    page = (report_dir / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page), "external asset referenced"
     assert "<script" not in page and "<link" not in page and "url(" not in page
@@ -84,13 +99,13 @@ def test_report_html_is_self_contained(pruned_dir):
     assert "61.2 ± 2.1" in page and "ideal (FLOPs)" in page
 
 
-def test_report_refreshes_model_card(pruned_dir):
-    card = (pruned_dir / "README.md").read_text()
+def test_report_refreshes_model_card(pruned_dir, report_dir):
+    card = (report_dir / "README.md").read_text()
     assert "| arc_easy acc (%) | 61.2 ± 2.1 | 52.1 ± 2.0 | -9.1 pts |" in card
     assert "## Speed" in card and "| prefill 48 tokens |" in card and "perplexity (builtin:heldout" in card
     assert card.startswith("---\nlibrary_name: transformers")
     # the report's quality table and the model card's are the same rows
-    md = (pruned_dir / "report.md").read_text()
+    md = (report_dir / "report.md").read_text()
     rows = [line for line in card.splitlines() if line.startswith("| arc_easy") or line.startswith("| perplexity")]
     assert rows and all(row in md for row in rows)
 
@@ -103,12 +118,12 @@ def test_report_on_an_old_directory_without_command_bench_or_evals(pruned_dir, t
     meta = json.loads((old / "depthprune.json").read_text())
     del meta["command"]  # written before the field existed
     (old / "depthprune.json").write_text(json.dumps(meta))
-    paths = write_report(old)
-    md = paths.markdown.read_text()
+    rep = write_report(old)
+    md = (rep / "report.md").read_text()
     assert "reconstructed from depthprune.json" in md and "depthprune prune " in md and "--remove 2" in md
     assert "No speed measurement yet" in md and "No task accuracy yet" in md
-    assert "## Speed" not in paths.model_card.read_text()
-    assert not (old / "report_speed.png").exists()
+    assert "## Speed" not in (rep / "README.md").read_text()
+    assert not (rep / "report_speed.png").exists()
     assert model_card(meta).startswith("---")
 
 
@@ -126,7 +141,7 @@ def test_eval_roles(tmp_path):
 
 
 def test_report_user_errors(tmp_path):
-    proc = run_cli("report", str(tmp_path))
+    proc = run_cli("report", str(tmp_path), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "depthprune.json" in proc.stderr
     with pytest.raises(Exception, match="not a directory"):
         load(tmp_path / "missing")
@@ -149,7 +164,7 @@ def test_report_html_renders_in_headless_chromium(pruned_dir, tmp_path):
     for r in bench["ratios"]["workloads"].values():
         r.update(noisy=False, reason=None)
     (page_dir / "bench.json").write_text(json.dumps(bench))
-    write_report(page_dir)
+    page_dir = write_report(page_dir)
     shot = tmp_path / "report.png"
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:

@@ -9,8 +9,9 @@ import transformers as tf
 from safetensors import safe_open
 
 import depthprune as dp
-from depthprune.export import card_front_matter, resolve_save_dtype
-from depthprune.models import gguf_source_dtype
+from depthprune.io.formats.hf import resolve_save_dtype
+from depthprune.reporting.card import model_card
+from depthprune.io.models import gguf_source_dtype
 from tiny import tiny_checkpoint
 
 TEXT = " ".join(f"Sentence number {i} talks about layers and pruning." for i in range(200))
@@ -84,16 +85,16 @@ def test_one_shot_records_its_order_least_important_first(bf16_checkpoint, tmp_p
 
 def test_card_front_matter_names_a_hub_base_model_only_when_there_is_one(bf16_checkpoint):
     report = _prune(bf16_checkpoint).report
-    local = "\n".join(card_front_matter(report))
-    assert "base_model" not in local and "- depthprune" in local
+    local = model_card(report).split("\n---\n")[0]
+    assert "base_model" not in local and '- "depthprune"' in local
     report.source = {"kind": "hub", "hub_id": "org/model", "source_dtype": "bfloat16"}
-    assert "base_model: org/model" in card_front_matter(report)
+    assert 'base_model: "org/model"' in model_card(report).split("\n---\n")[0]
     with pytest.raises(dp.DepthpruneError, match="save-dtype"):
-        resolve_save_dtype("int8", report, None)
+        resolve_save_dtype("int8", "bfloat16", None)
 
 
 @pytest.mark.real
 def test_quantized_gguf_implies_bfloat16():
-    from depthprune.models import _smollm2_gguf
+    from depthprune.io.models import _smollm2_gguf
 
     assert gguf_source_dtype(_smollm2_gguf()) == "bfloat16"

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import depthprune as dp
 from depthprune.errors import DepthpruneError
-from depthprune.scale.checkpoint import prune_checkpoint
+from depthprune.surgery.on_disk import prune_checkpoint
 
 from tiny import ARCHS, batch, tiny_model
 

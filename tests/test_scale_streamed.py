@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from depthprune.data import from_tensors
+from depthprune.io.data import from_tensors
 from depthprune.errors import DepthpruneError
-from depthprune.metrics import make_metric
-from depthprune.scale.streamed import (ActivationStore, StreamedModel, check_streamable,
-                                       run_layer_metrics_streamed)
-from depthprune.scoring import run_layer_metrics
+from depthprune.importance.metrics import make_metric
+from depthprune.importance.streamed import ActivationStore, StreamedModel, check_streamable, run_layer_metrics_streamed
+from depthprune.importance.scoring import run_layer_metrics
 
 from tiny import ARCHS, batch, tiny_model
 
@@ -69,15 +68,21 @@ def test_metrics_that_cannot_stream_are_refused():
 
 
 def test_offload_auto_streams_only_when_the_weights_do_not_fit(tmp_path, monkeypatch):
-    from depthprune.scale import pipeline, streamed
+    from depthprune.importance import streamed
+    from depthprune.io.sources import inspect_source
+    from depthprune.pipeline import plan as planner
+    from depthprune.recipe.schema import Recipe
 
     tiny_model("llama").save_pretrained(tmp_path)
     need = streamed.checkpoint_bytes(tmp_path, torch.float32)
     assert need == sum(p.numel() * 4 for p in tiny_model("llama").state_dict().values())  # from the headers
-    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: need)  # fits only with no headroom
-    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "layers"
-    monkeypatch.setattr(streamed, "memory_available_bytes", lambda: 10 * need)
-    assert pipeline.resolve_offload("auto", str(tmp_path), "float32") == "none"
-    assert pipeline.resolve_offload("auto", "smollm2-135m", "float32") == "none"  # not a safetensors dir
+    recipe = Recipe.for_command("score", str(tmp_path), runtime={"offload": "auto"}, output={"path": "s.json"})
+    source = inspect_source(str(tmp_path))
+    assert source.memory_bytes(4) == need
+    monkeypatch.setattr(planner, "memory_available_bytes", lambda: need)  # fits only with no headroom
+    assert planner.choose_executor(recipe, source)[0] == "layer-streamed"
+    monkeypatch.setattr(planner, "memory_available_bytes", lambda: 10 * need)
+    assert planner.choose_executor(recipe, source)[0] == "in-memory"
+    demo = Recipe.for_command("score", "smollm2-135m", runtime={"offload": "layers"}, output={"path": "s.json"})
     with pytest.raises(DepthpruneError, match="needs a local safetensors checkpoint"):
-        pipeline.resolve_offload("layers", str(tmp_path / "missing"), "float32")
+        planner.choose_executor(demo, planner.ModelSource("smollm2-135m", "demo"))

@@ -6,7 +6,7 @@ from torch import nn
 
 import depthprune as dp
 from depthprune.errors import NonFiniteActivationError
-from depthprune.scoring import layer_scores
+from depthprune.importance.scoring import layer_scores
 
 from tiny import ARCHS, batch, final_norm, tiny_model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import transformers as tf
 
-from depthprune import flops
+from depthprune.evaluation import flops
 from tiny import ARCHS, LLAMA_LIKE, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

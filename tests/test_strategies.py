@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 import depthprune as dp
 from depthprune.errors import DepthpruneError
-from depthprune.loss_metrics import greedy_ppl
-from depthprune.scoring import layer_scores
-from depthprune.strategies import plan, select
-from depthprune.surgery import pruned_view
+from depthprune.selection.greedy import greedy_ppl
+from depthprune.importance.scoring import layer_scores
+from depthprune.selection.strategies import compute_scores, plan, select
+from depthprune.surgery.in_memory import pruned_view
 
 from tiny import batch, tiny_model
 
@@ -92,7 +92,7 @@ def test_block_is_contiguous_and_respects_protection(metric):
         assert 5 not in sel.removed
     # the chosen block is the lowest-scoring allowed one
     if metric.startswith("angular"):
-        blocks = dp.strategies.compute_scores(model, calib, [metric], block_sizes=[3])[metric].blocks[3]
+        blocks = compute_scores(model, calib, [metric], block_sizes=[3])[metric].blocks[3]
     else:
         s = scores.scores
         blocks = [sum(s[i:i + 3]) for i in range(4)]

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import depthprune as dp
-from depthprune.architectures import layout
+from depthprune.arch.layout import layout
 from depthprune.errors import DepthpruneError
 
 from tiny import ARCHS, batch, tiny_model

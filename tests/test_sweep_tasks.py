@@ -6,11 +6,20 @@ import csv
 import pytest
 
 import depthprune as dp
-import depthprune.evaluation as evaluation
-from depthprune.merging import merged_copy
-from depthprune.sweep import run_sweep, save_sweep, sudden_drops
+import depthprune.pipeline.sweep as evaluation  # the module that calls evaluate_tasks
+from depthprune.selection.laco import merged_copy
+from depthprune.pipeline.sweep import run_sweep, sudden_drops
+from depthprune.reporting.plots import plot_sweep
 
 from tiny import batch, tiny_model
+
+
+def save_sweep(result, out):
+    """The CSV and the plot, as the sweep's write stage renders them."""
+    out.mkdir()
+    (out / "sweep.csv").write_text(result.to_csv())
+    plot_sweep(result, out / "sweep.png")
+    return out
 
 
 def test_sudden_drop_rule():
@@ -41,7 +50,7 @@ def test_sweep_runs_tasks_on_every_point_including_laco(monkeypatch, tmp_path):
     assert {(p.strategy, p.n_removed): p.tasks["hellaswag"]["acc"] for p in result.points} == {
         ("one-shot", 1): 0.3, ("one-shot", 2): 0.2, ("laco", 1): 0.3, ("laco", 2): 0.2}
     laco2 = next(p for p in result.points if p.strategy == "laco" and p.n_removed == 2)
-    from depthprune.strategies import plan
+    from depthprune.selection.strategies import plan
 
     merges = plan(model, calib, [2], strategy="laco", batch_size=2, laco="C=2,L=0,T=-1", progress=False)[0][2]
     ref = merged_copy(model, merges.details["merges"])
@@ -59,7 +68,7 @@ def test_sweep_runs_tasks_on_every_point_including_laco(monkeypatch, tmp_path):
 def test_laco_that_stops_short_skips_those_counts_and_the_sweep_goes_on(tmp_path):
     """LaCo reaching its threshold before a count is recorded as skipped; the other strategies' points and LaCo's
     smaller counts are still measured (it used to abort the whole sweep)."""
-    from depthprune.merging import LacoSettings, laco
+    from depthprune.selection.laco import LacoSettings, laco
 
     model = tiny_model("llama")  # 4 layers
     calib = dp.from_tensors(*batch(n=4, pad_last=0))

@@ -13,7 +13,8 @@ import click
 import pytest
 import typer
 
-from depthprune import __version__, cli
+from depthprune.cli import base as cli  # the typer app and the process boundary
+from depthprune import __version__
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -11,8 +11,8 @@ import transformers as tf
 
 import depthprune as dp
 from depthprune.errors import DepthpruneError
-from depthprune.width import (geometry, head_pattern, heads_removed_copy, loss_increase, lowest_units, masked_heads,
-                              oproj_norms, removable, spearman)
+from depthprune.surgery.heads import geometry, heads_removed_copy, masked_heads, removable
+from depthprune.importance.heads import head_pattern, loss_increase, lowest_units, oproj_norms, spearman
 
 from tiny import batch, tiny_model
 

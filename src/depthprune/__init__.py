@@ -11,30 +11,30 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from depthprune._version import __version__
 
 _EXPORTS = {
     "PruneResult": "api", "as_loaded": "api", "evaluate_perplexity": "api", "prune": "api", "score": "api",
     "sweep": "api",
-    "CalibrationSet": "data", "build_calibration": "data", "from_tensors": "data",
+    "CalibrationSet": "io.data", "build_calibration": "io.data", "from_tensors": "io.data",
     "DepthpruneError": "errors",
-    "load_model": "models",
-    "PruneReport": "reports", "ScoreReport": "reports",
-    "pruned_copy": "surgery", "remove_layers": "surgery",
+    "load_model": "io.models",
+    "PruneReport": "reporting.records", "ScoreReport": "reporting.records",
+    "pruned_copy": "surgery.in_memory", "remove_layers": "surgery.in_memory",
     "run": "api", "repair": "api", "heads": "api",
-    "Recipe": "recipe", "RepairRecipe": "recipe",
+    "Recipe": "recipe.schema", "RepairRecipe": "recipe.schema",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import PruneResult, as_loaded, evaluate_perplexity, heads, prune, repair, run, score, sweep
-    from .recipe import Recipe, RepairRecipe
-    from .data import CalibrationSet, build_calibration, from_tensors
-    from .errors import DepthpruneError
-    from .models import load_model
-    from .reports import PruneReport, ScoreReport
-    from .surgery import pruned_copy, remove_layers
+    from depthprune.api import PruneResult, as_loaded, evaluate_perplexity, heads, prune, repair, run, score, sweep
+    from depthprune.recipe.schema import Recipe, RepairRecipe
+    from depthprune.io.data import CalibrationSet, build_calibration, from_tensors
+    from depthprune.errors import DepthpruneError
+    from depthprune.io.models import load_model
+    from depthprune.reporting.records import PruneReport, ScoreReport
+    from depthprune.surgery.in_memory import pruned_copy, remove_layers
 
 
 def __getattr__(name: str) -> Any:

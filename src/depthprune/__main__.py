@@ -1,3 +1,5 @@
-from .cli import main
+"""``python -m depthprune``: the command-line interface."""
+
+from depthprune.cli import main
 
 main()

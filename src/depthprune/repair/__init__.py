@@ -4,11 +4,10 @@ Both return a model of the plain architecture (no extra modules): it saves with 
 reloads with ``AutoModelForCausalLM.from_pretrained``.
 """
 
-from .families import FOLD_SPECS, LORA_TARGETS, FoldSpec, fold_spec, lora_targets
-from .folding import fold_map
-from .linear import (OBJECTIVES, LinearRepairReport, Run, RunStatistics, collect_statistics, fit_linear_maps,
-                     fold_linear_maps, linear_repair, removed_runs, solve_lstsq, solve_maps)
-from .lora import LoraRepairReport, lora_repair, repair_data
+from depthprune.repair.families import FOLD_SPECS, LORA_TARGETS, FoldSpec, fold_spec, lora_targets
+from depthprune.repair.folding import fold_map
+from depthprune.repair.linear import OBJECTIVES, LinearRepairReport, Run, RunStatistics, collect_statistics, fit_linear_maps, fold_linear_maps, linear_repair, removed_runs, solve_lstsq, solve_maps
+from depthprune.repair.lora import LoraRepairReport, lora_repair, repair_data
 
 __all__ = ["LoraRepairReport", "RunStatistics", "collect_statistics", "lora_repair", "repair_data", "solve_maps",
            "FOLD_SPECS", "LORA_TARGETS", "FoldSpec", "LinearRepairReport", "OBJECTIVES", "Run", "fit_linear_maps",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import DepthpruneError
+from depthprune.errors import DepthpruneError
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import DepthpruneError
-from .families import FoldSpec
-from ..architectures import get_path
+from depthprune.errors import DepthpruneError
+from depthprune.repair.families import FoldSpec
+from depthprune.arch.layout import get_path
 
 
 

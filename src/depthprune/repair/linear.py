@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import layout, num_layers
-from ..data import CalibrationSet
-from ..errors import DepthpruneError
-from ..scoring import _first_tensor, run_layer_metrics
-from ..surgery import pruned_copy, remove_layers, validate_layer_indices
-from .families import FoldSpec, fold_spec
-from .folding import capture_module, fold_map
+from depthprune.arch.layout import layout, num_layers
+from depthprune.io.data import CalibrationSet
+from depthprune.errors import DepthpruneError
+from depthprune.importance.scoring import _first_tensor, run_layer_metrics
+from depthprune.surgery.in_memory import pruned_copy, remove_layers, validate_layer_indices
+from depthprune.repair.families import FoldSpec, fold_spec
+from depthprune.repair.folding import capture_module, fold_map
 
 log = logging.getLogger(__name__)
 

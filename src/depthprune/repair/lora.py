@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import CalibrationSet, build_calibration
-from ..errors import DepthpruneError
-from ..loss_metrics import next_token_nll
-from ..scoring import input_device
-from .families import lora_targets
+from depthprune.io.data import CalibrationSet, build_calibration
+from depthprune.errors import DepthpruneError
+from depthprune.importance.loss_metrics import next_token_nll
+from depthprune.arch.layout import input_device
+from depthprune.repair.families import lora_targets
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,147 @@
+"""Weightless (meta-device) model skeletons: what a config builds, layer by layer, without memory.
+
+Two uses, both config-only:
+
+* :func:`layer_keys`: which checkpoint keys belong to which decoder layer (the family's layer path found on the
+  skeleton), for cutting a checkpoint on disk and for streaming it layer by layer;
+* :func:`structure_mismatches`: whether a pruned config still builds every kept layer as it was. Families whose
+  per-layer kind follows an index rule (MoE every k-th layer, dense-first MoE, hybrid attention/SSM periods,
+  sliding/full patterns) build a different layer at a renumbered position unless the config is rewritten. The
+  check compares each kept layer's structure (its modules' classes, parameter names and shapes, and attention
+  attributes such as the sliding window) between the original and the pruned config, so it holds for families
+  depthprune has never seen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from accelerate import init_empty_weights
+from transformers import AutoModelForCausalLM
+
+from depthprune.arch.layout import layout, num_layers
+from depthprune.errors import DepthpruneError
+
+# per-module attributes that change what a layer computes without changing its parameters
+BEHAVIOUR_ATTRIBUTES = ("sliding_window", "is_sliding", "attention_type", "layer_type", "use_rope", "is_causal",
+                        "num_key_value_groups", "head_dim", "scaling")
+
+
+def meta_skeleton(config, trust_remote_code: bool = False, dtype=None):
+    """The causal-LM module tree for ``config`` with every parameter on the meta device (no memory)."""
+    try:
+        with init_empty_weights():
+            kwargs = {"dtype": dtype} if dtype is not None else {}
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise DepthpruneError(
+                f"unsupported architecture '{getattr(config, 'model_type', '?')}': transformers has no causal-LM "
+                "(decoder-only) class for it, and depthprune prunes decoder-only models") from None
+        raise
+
+
+@dataclass
+class LayerKeys:
+    """How checkpoint keys name decoder layers: ``{prefix}.{index}.{rest}``."""
+
+    prefix: str
+    num_layers: int
+    pattern: re.Pattern = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.pattern = re.compile(rf"^{re.escape(self.prefix)}\.(\d+)\.(.+)$")
+
+    def split(self, key: str) -> tuple[int, str] | None:
+        """``(layer index, rest of the key)`` for a layer tensor, None for any other tensor."""
+        m = self.pattern.match(key)
+        return (int(m.group(1)), m.group(2)) if m else None
+
+    def rename(self, key: str, new_index: int) -> str:
+        _, rest = self.split(key)  # type: ignore[misc]
+        return f"{self.prefix}.{new_index}.{rest}"
+
+
+def layer_keys(config, keys: Sequence[str], skeleton=None, trust_remote_code: bool = False) -> LayerKeys:
+    """Find the checkpoint-key prefix of the decoder layers from the family's layer path (meta skeleton)."""
+    skeleton = skeleton if skeleton is not None else meta_skeleton(config, trust_remote_code)
+    path = layout(skeleton).layers_path
+    n = num_layers(config)
+    candidates = [path]
+    base = getattr(skeleton, "base_model_prefix", "")
+    if base and path.startswith(base + "."):
+        candidates.append(path[len(base) + 1:])  # legacy checkpoints saved from the base model (GPT-2: h.0.)
+    for prefix in candidates:
+        lk = LayerKeys(prefix, n)
+        seen = {s[0] for s in map(lk.split, keys) if s is not None}
+        if seen:
+            if seen != set(range(n)):
+                raise DepthpruneError(f"the checkpoint has tensors for layers {sorted(seen)} under '{prefix}.' "
+                                      f"but its config says {n} layers; the checkpoint and config disagree")
+            return lk
+    raise DepthpruneError(f"no checkpoint tensor is named like the decoder layers ('{path}.N.'); "
+                          "this checkpoint's key names are not supported for pruning on disk")
+
+
+def _plain(value):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return None
+
+
+def layer_structure(layer) -> tuple:
+    """A comparable description of one decoder layer: per module, its class, its direct parameters' shapes and
+    its behaviour attributes (:data:`BEHAVIOUR_ATTRIBUTES`)."""
+    rows = []
+    for name, module in layer.named_modules():
+        params = tuple((p, tuple(t.shape)) for p, t in module.named_parameters(recurse=False))
+        attrs = tuple((a, _plain(getattr(module, a))) for a in BEHAVIOUR_ATTRIBUTES
+                      if a in vars(module) and _plain(getattr(module, a)) is not None)
+        rows.append((name, type(module).__name__, params, attrs))
+    return tuple(rows)
+
+
+def _difference(before: tuple, after: tuple) -> str:
+    b = {row[0]: row for row in before}
+    a = {row[0]: row for row in after}
+    for name in list(b) + [n for n in a if n not in b]:
+        if name not in a:
+            return f"loses {name or 'its'} {b[name][1]}"
+        if name not in b:
+            return f"gains {name} {a[name][1]}"
+        if b[name] != a[name]:
+            _, cls_b, params_b, attrs_b = b[name]
+            _, cls_a, params_a, attrs_a = a[name]
+            where = name or "the layer"
+            if cls_b != cls_a:
+                return f"{where} changes from {cls_b} to {cls_a}"
+            if params_b != params_a:
+                return f"{where} changes its parameters from {dict(params_b)} to {dict(params_a)}"
+            changed = sorted(set(attrs_b) ^ set(attrs_a))
+            return f"{where} changes {changed[0][0]} from {dict(attrs_b).get(changed[0][0])} to " \
+                   f"{dict(attrs_a).get(changed[0][0])}"
+    return "changes"  # pragma: no cover - only called on differing structures
+
+
+def structure_mismatches(original, pruned, keep: Sequence[int]) -> list[str]:
+    """How the kept layers of ``pruned`` differ from the same layers of ``original`` (empty: they do not).
+
+    ``original`` and ``pruned`` are models or configs (configs are built on the meta device); ``keep`` lists, for
+    each layer of ``pruned``, the index of the layer of ``original`` it must be.
+    """
+    before = original if hasattr(original, "named_modules") else meta_skeleton(original)
+    after = pruned if hasattr(pruned, "named_modules") else meta_skeleton(pruned)
+    layers_before, layers_after = layout(before).layers(before), layout(after).layers(after)
+    if len(layers_after) != len(keep):
+        return [f"the pruned config builds {len(layers_after)} layers, not the {len(keep)} kept ones"]
+    problems = []
+    for new, old in enumerate(keep):
+        s_before, s_after = layer_structure(layers_before[old]), layer_structure(layers_after[new])
+        if s_before != s_after:
+            problems.append(f"layer {old} (now {new}) {_difference(s_before, s_after)}")
+    return problems
+
+
+__all__ = ["LayerKeys", "layer_keys", "layer_structure", "meta_skeleton", "structure_mismatches"]
