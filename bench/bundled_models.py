@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import depthprune as dp
-from depthprune.data import iter_texts, sequential_windows
-from depthprune.evaluation import perplexity_on
+from depthprune.io.data import iter_texts, sequential_windows
+from depthprune.evaluation.perplexity import perplexity_on
 
 
 def main():
@@ -52,6 +52,6 @@ def main():
 
 
 if __name__ == "__main__":
-    import depthprune.selection  # noqa: F401
+    import depthprune.selection.counts
 
     main()

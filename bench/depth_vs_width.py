@@ -1,7 +1,7 @@
 """Depth vs width redundancy (ShortGPT section 3; docs/paper-findings.md): held-out perplexity against the share
 of parameters removed, by removing whole layers vs by removing attention heads, same model, same calibration.
 
-One head scoring pass (``depthprune.width.score_heads``: two disjoint calibration halves; the layer BI of the same
+One head scoring pass (``depthprune.api.heads``: two disjoint calibration halves; the layer BI of the same
 halves comes with it), then:
 
 * width: for K = 1 .. units-1, the K least important units (KV groups, or query heads for single-group models) of
@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthprune.evaluation import perplexity
-from depthprune.surgery import parameter_count, pruned_copy
-from depthprune.width.run import remove_lowest_heads, score_heads
+from depthprune.evaluation.perplexity import perplexity
+from depthprune.surgery.in_memory import pruned_copy
+from depthprune.arch.layout import parameter_count
+from depthprune.api import heads as score_heads
+from depthprune.pipeline.heads import remove_lowest_heads
 
 log = logging.getLogger("depth_vs_width")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,4 +1,4 @@
-"""Peak memory and file sizes of GGUF -> GGUF pruning (depthprune.formats.gguf_prune) on the bundled models.
+"""Peak memory and file sizes of GGUF -> GGUF pruning (depthprune.surgery.gguf_cut) on the bundled models.
 
 Each measurement runs in a fresh Python process and reports its own peak RSS (ru_maxrss), so the
 numbers are whole-process peaks: "baseline" = interpreter + imports + parsing the GGUF header,
@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, resource, sys, time
-from depthprune.formats.gguf_prune import prune_gguf, read_header
+from depthprune.io.gguf import read_header
+from depthprune.surgery.gguf_cut import prune_gguf
 src, removed, out, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 t0 = time.perf_counter()
 result = prune_gguf(src, removed, out).to_json() if mode == "prune" else read_header(src) and None
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "gguf_prune_memory.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    from depthprune.models import DEMO_MODELS
+    from depthprune.io.models import DEMO_MODELS
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

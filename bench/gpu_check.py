@@ -75,10 +75,10 @@ def main() -> None:
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("THREADS", "1")))  # shared machines: measure single-threaded
     dtype = torch.bfloat16 if device.startswith("cuda") or shape != "tiny" else torch.float32
-    from depthprune.data import from_tensors
-    from depthprune.metrics import make_metric
-    from depthprune.scale.streamed import StreamedModel, run_layer_metrics_streamed
-    from depthprune.scoring import run_layer_metrics
+    from depthprune.io.data import from_tensors
+    from depthprune.importance.metrics import make_metric
+    from depthprune.importance.streamed import StreamedModel, run_layer_metrics_streamed
+    from depthprune.importance.scoring import run_layer_metrics
 
     hidden, layers, inter, heads, kv, vocab, samples, seq_len, batch = SHAPES[shape]
     result: dict = {"shape": shape, "device": device, "dtype": str(dtype).removeprefix("torch."),

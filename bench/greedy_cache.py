@@ -16,9 +16,10 @@ import time
 import torch
 
 import depthprune as dp
-from depthprune.data import build_calibration
-from depthprune.loss_metrics import greedy_ppl, naive_loss
-from depthprune.surgery import pruned_view
+from depthprune.io.data import build_calibration
+from depthprune.importance.loss_metrics import naive_loss
+from depthprune.selection.greedy import greedy_ppl
+from depthprune.surgery.in_memory import pruned_view
 
 
 def naive_greedy(model, calib, steps: int, batch_size: int) -> tuple[list[int], int]:

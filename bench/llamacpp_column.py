@@ -1,7 +1,7 @@
 """The original GGUF quantization as its own column of the orthogonality table (docs/quantization.md).
 
 For one bundled model: the shipped quantized GGUF (SmolLM2 Q4_1, Gemma-3 Q4_K_M) and the same file with
-layers cut out by ``depthprune.formats.gguf_prune.prune_gguf`` (kept tensors byte for byte, so still in the
+layers cut out by ``depthprune.surgery.gguf_cut.prune_gguf`` (kept tensors byte for byte, so still in the
 original quantization), both run in llama.cpp (``llama-cpp-python``):
 
 * file size;
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthprune.data import iter_texts, sequential_windows
-from depthprune.evaluation import perplexity_on
-from depthprune.formats.gguf_prune import prune_gguf
-from depthprune.models import _gemma3_gguf, _smollm2_gguf, load_model
+from depthprune.io.data import iter_texts, sequential_windows
+from depthprune.evaluation.perplexity import perplexity_on
+from depthprune.surgery.gguf_cut import prune_gguf
+from depthprune.io.models import _gemma3_gguf, _smollm2_gguf, load_model
 
 log = logging.getLogger("llamacpp_column")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 import depthprune as dp
-from depthprune.data import build_calibration
-from depthprune.loss_metrics import naive_loss
-from depthprune.strategies import compute_scores
+from depthprune.io.data import build_calibration
+from depthprune.importance.loss_metrics import naive_loss
+from depthprune.selection.strategies import compute_scores
 
 STREAMING = ["bi", "angular", "angular-all", "relative-magnitude"]
 ALL = STREAMING + ["ppl", "taylor", "reverse-order", "random"]

@@ -21,8 +21,8 @@ def fmt(v, digits=3):
 
 def layer_share(model_name: str) -> tuple[float, int]:
     import depthprune as dp
-    from depthprune.architectures import layout
-    from depthprune.surgery import parameter_count
+    from depthprune.arch.layout import layout
+    from depthprune.arch.layout import parameter_count
 
     m = dp.load_model(model_name).model
     per_layer = sum(p.numel() for p in layout(m).layers(m)[0].parameters())
@@ -98,7 +98,7 @@ def laco_vs_removal(root: Path) -> None:
 
 
 def accuracy(root: Path) -> None:
-    from depthprune.sweep import sudden_drops
+    from depthprune.pipeline.sweep import sudden_drops
 
     for folder in sorted([*root.glob("sweep-*"), *root.glob("tasks-*")]):
         if not (folder / "sweep.json").exists():

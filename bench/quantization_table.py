@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from depthprune.api import prune
-from depthprune.evaluation import evaluate_tasks, perplexity
-from depthprune.formats.quantize import quantize_model
-from depthprune.models import DEMO_MODELS, load_model
-from depthprune.speed import compare
+from depthprune.evaluation.lmeval import evaluate_tasks
+from depthprune.evaluation.perplexity import perplexity
+from depthprune.quantization.weights import quantize_model
+from depthprune.io.models import DEMO_MODELS, load_model
+from depthprune.evaluation.speed import compare
 
 log = logging.getLogger("quantization_table")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     removed = {}
     protects = [0, 1] if args.model.startswith("gemma") else [0]
     if args.layers:
-        from depthprune.surgery import pruned_copy
+        from depthprune.surgery.in_memory import pruned_copy
 
         removed["pruned-given"] = sorted(int(x) for x in args.layers.split(","))
         variants = {"pruned-given": pruned_copy(loaded.model, removed["pruned-given"])}
@@ -175,7 +176,7 @@ def complete(args, what: set[str]) -> int:
     """Add lm-eval tasks and/or speed to the rows of an existing result file. The pruned variants are rebuilt with
     depthprune's surgery from the recorded removed layers (deterministic: the same model the first pass measured);
     variants that removed the same layers share one measurement."""
-    from depthprune.surgery import pruned_copy
+    from depthprune.surgery.in_memory import pruned_copy
 
     if not what <= {"tasks", "speed"}:
         raise SystemExit(f"--add takes tasks and/or speed, not {sorted(what - {'tasks', 'speed'})}")

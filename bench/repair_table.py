@@ -29,13 +29,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _memory import PeakMemory  # noqa: E402
 
-from depthprune.architectures import num_layers  # noqa: E402
-from depthprune.data import build_calibration, iter_texts, sequential_windows  # noqa: E402
-from depthprune.evaluation import perplexity_on  # noqa: E402
-from depthprune.models import load_model  # noqa: E402
-from depthprune.repair import collect_statistics, fold_linear_maps, lora_repair, repair_data, solve_maps  # noqa: E402
-from depthprune.strategies import compute_scores, select  # noqa: E402
-from depthprune.surgery import pruned_copy  # noqa: E402
+from depthprune.arch.layout import num_layers
+from depthprune.io.data import build_calibration, iter_texts, sequential_windows
+from depthprune.evaluation.perplexity import perplexity_on
+from depthprune.io.models import load_model
+from depthprune.repair import collect_statistics, fold_linear_maps, lora_repair, repair_data, solve_maps
+from depthprune.selection.strategies import compute_scores, select
+from depthprune.surgery.in_memory import pruned_copy
 
 DATA = Path(os.environ.get("DEPTHPRUNE_DATA_DIR", "/work/shared/data"))
 WIKI_TAIL_START = 200_000  # characters; the evaluated slice (a few thousand tokens) ends far before it
@@ -121,7 +121,7 @@ def main() -> None:
 
     def tasks_of(m, name: str) -> dict:
         """lm-eval metrics per task of --tasks, with the number of documents evaluated."""
-        from depthprune.evaluation import evaluate_tasks
+        from depthprune.evaluation.lmeval import evaluate_tasks
 
         res = evaluate_tasks(m, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name=name, bootstrap_iters=100)
         return {t: {**v["metrics"], "n": v["n_samples"]["effective"]} for t, v in res["tasks"].items()}

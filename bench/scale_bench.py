@@ -67,7 +67,7 @@ def job_make(size: str, path: str) -> dict:
 def _calibration(samples: int, seq_len: int):
     import torch
 
-    from depthprune.data import from_tensors
+    from depthprune.io.data import from_tensors
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 512, (samples, seq_len), generator=g)  # the saved tokenizer's id range
@@ -96,13 +96,13 @@ def job_prune(path: str, mode: str, out: str, layers: list[int]) -> dict:
     base = rss_now()
     t0 = time.perf_counter()
     if mode == "disk":
-        from depthprune.scale.checkpoint import prune_checkpoint
+        from depthprune.surgery.on_disk import prune_checkpoint
 
         prune_checkpoint(path, layers, out)
     else:
         from transformers import AutoModelForCausalLM
 
-        from depthprune.surgery import remove_layers
+        from depthprune.surgery.in_memory import remove_layers
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
         remove_layers(model, layers)

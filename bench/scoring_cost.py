@@ -17,9 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import depthprune as dp  # noqa: E402
-from depthprune.data import build_calibration  # noqa: E402
-from depthprune.metrics import BlockInfluence  # noqa: E402
-from depthprune.scoring import input_device, run_layer_metrics  # noqa: E402
+from depthprune.io.data import build_calibration
+from depthprune.importance.metrics import BlockInfluence
+from depthprune.importance.scoring import run_layer_metrics
+from depthprune.arch.layout import input_device
 from _memory import PeakMemory  # noqa: E402
 
 

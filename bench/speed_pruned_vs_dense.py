@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from depthprune.speed import compare, parse_seq_lens  # noqa: E402
+from depthprune.evaluation.speed import compare, parse_seq_lens
 
 
 def main() -> None:

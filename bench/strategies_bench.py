@@ -4,7 +4,7 @@ cost of each metric as a ratio to one bare forward pass over the same calibratio
     PYTHONPATH=src python bench/strategies_bench.py smollm2-135m --out bench/results/smollm2-135m
     PYTHONPATH=src python bench/strategies_bench.py gemma3-270m --out bench/results/gemma3-270m
 
-Writes OUT/ (sweep.csv/json/png, angular_heatmap.png via depthprune.sweep.save_sweep) and
+Writes OUT/ (sweep.csv/json/png, angular_heatmap.png via depthprune.reporting.sweep_files.render_sweep) and
 OUT.costs.json, OUT.md (markdown tables for docs/strategies.md).
 """
 
@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 import depthprune as dp
-from depthprune.data import build_calibration, iter_texts, sequential_windows
-from depthprune.loss_metrics import naive_loss
-from depthprune.strategies import STRATEGIES, compute_scores
-from depthprune.sweep import run_sweep, save_sweep
+from depthprune.io.data import build_calibration, iter_texts, sequential_windows
+from depthprune.importance.loss_metrics import naive_loss
+from depthprune.selection.strategies import STRATEGIES, compute_scores
+from depthprune.pipeline.sweep import run_sweep
+from depthprune.reporting.sweep_files import render_sweep
 
 METRICS = ["bi", "angular", "angular-all", "relative-magnitude", "ppl", "taylor", "reverse-order", "random"]
 
@@ -75,8 +76,9 @@ def main() -> None:
                        batch_size=args.batch_size, source=args.model, skip=skip,
                        precomputed={k: pre[k] for k in ("ppl", "taylor")}, progress=False)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_sweep(result, out, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    render_sweep(result, out)
+    (out / "sweep.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     timing = {"bare_forward_s": bare, "calibration_tokens": calib.num_tokens, "cost_ratio": costs,
               "sweep_timings_s": result.timings_s, "wall_s": time.perf_counter() - t0, "threads": args.threads,
               "settings": vars(args)}

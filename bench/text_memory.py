@@ -1,4 +1,4 @@
-"""Peak memory while reading calibration text from one huge line (issue 7: memory is bounded).
+"""Peak memory while reading calibration text from one huge line (memory is bounded).
 
 Writes single-line inputs (no newline at all) of 1 MB, 50 MB and 500 MB into a temporary
 directory, then for each one starts a fresh Python process that builds a calibration set
