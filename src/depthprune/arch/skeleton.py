@@ -24,9 +24,15 @@ from transformers import AutoModelForCausalLM
 from depthprune.arch.layout import layout, num_layers
 from depthprune.errors import DepthpruneError
 
-# per-module attributes that change what a layer computes without changing its parameters
-BEHAVIOUR_ATTRIBUTES = ("sliding_window", "is_sliding", "attention_type", "layer_type", "use_rope", "is_causal",
-                        "num_key_value_groups", "head_dim", "scaling")
+# Per-module attributes that hold the layer's own position and are renumbered by surgery (they index caches). Every
+# other plain attribute of a layer's modules is part of its structure: an attribute derived from the layer index
+# (a sliding window, a residual scale, a "use rope" flag) that changes with renumbering changes what the layer
+# computes.
+# A module's copy of the model's layer count (MiniMax's attention keeps one) changes with every removal by design.
+LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id")
+OUTSIDE_LAYERS = "(outside the layers)"  # marks a mismatch of a tensor that is not in a decoder layer
+_NOT_STRUCTURE = frozenset(LAYER_INDEX_ATTRIBUTES + ("training", "num_hidden_layers", "num_layers", "n_layer",
+                                                     "n_layers"))
 
 
 def meta_skeleton(config, trust_remote_code: bool = False, dtype=None):
@@ -88,17 +94,23 @@ def layer_keys(config, keys: Sequence[str], skeleton=None, trust_remote_code: bo
 def _plain(value):
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    return None
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) or v is None for v in value):
+        return tuple(value)
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
 
 
 def layer_structure(layer) -> tuple:
-    """A comparable description of one decoder layer: per module, its class, its direct parameters' shapes and
-    its behaviour attributes (:data:`BEHAVIOUR_ATTRIBUTES`)."""
+    """A comparable description of one decoder layer: per module, its class, its direct parameters' shapes and its
+    plain attributes (numbers, strings, flags; all but :data:`LAYER_INDEX_ATTRIBUTES`)."""
     rows = []
     for name, module in layer.named_modules():
         params = tuple((p, tuple(t.shape)) for p, t in module.named_parameters(recurse=False))
-        attrs = tuple((a, _plain(getattr(module, a))) for a in BEHAVIOUR_ATTRIBUTES
-                      if a in vars(module) and _plain(getattr(module, a)) is not None)
+        attrs = tuple(sorted((a, v) for a, v in ((a, _plain(v)) for a, v in vars(module).items()
+                                                 if not a.startswith("_") and a not in _NOT_STRUCTURE)
+                             if v is not _NOT_PLAIN))
         rows.append((name, type(module).__name__, params, attrs))
     return tuple(rows)
 
@@ -119,7 +131,7 @@ def _difference(before: tuple, after: tuple) -> str:
                 return f"{where} changes from {cls_b} to {cls_a}"
             if params_b != params_a:
                 return f"{where} changes its parameters from {dict(params_b)} to {dict(params_a)}"
-            changed = sorted(set(attrs_b) ^ set(attrs_a))
+            changed = sorted(set(attrs_b) ^ set(attrs_a), key=repr)
             return f"{where} changes {changed[0][0]} from {dict(attrs_b).get(changed[0][0])} to " \
                    f"{dict(attrs_a).get(changed[0][0])}"
     return "changes"  # pragma: no cover - only called on differing structures
@@ -136,7 +148,7 @@ def structure_mismatches(original, pruned, keep: Sequence[int]) -> list[str]:
     layers_before, layers_after = layout(before).layers(before), layout(after).layers(after)
     if len(layers_after) != len(keep):
         return [f"the pruned config builds {len(layers_after)} layers, not the {len(keep)} kept ones"]
-    problems = []
+    problems = _outside_layers(before, after)
     for new, old in enumerate(keep):
         s_before, s_after = layer_structure(layers_before[old]), layer_structure(layers_after[new])
         if s_before != s_after:
@@ -144,4 +156,19 @@ def structure_mismatches(original, pruned, keep: Sequence[int]) -> list[str]:
     return problems
 
 
-__all__ = ["LayerKeys", "layer_keys", "layer_structure", "meta_skeleton", "structure_mismatches"]
+def _outside_layers(before, after) -> list[str]:
+    """Tensors outside the decoder layers are kept as they are, so the pruned config must build them with the same
+    shapes (Gemma 4's per-layer input embeddings grow with the layer count: removing layers would need them cut)."""
+    def shapes(model):
+        prefix = layout(model).layers_path + "."
+        return {name: tuple(p.shape) for name, p in model.named_parameters() if not name.startswith(prefix)}
+    b, a = shapes(before), shapes(after)
+    problems = []
+    for name in sorted(set(b) | set(a)):
+        if b.get(name) != a.get(name):
+            problems.append(f"{name} {OUTSIDE_LAYERS} changes from {b.get(name, 'absent')} to "
+                            f"{a.get(name, 'absent')}, which removing layers does not cut")
+    return problems
+
+
+__all__ = ["LAYER_INDEX_ATTRIBUTES", "OUTSIDE_LAYERS", "LayerKeys", "layer_keys", "layer_structure", "meta_skeleton", "structure_mismatches"]
