@@ -44,8 +44,38 @@ KNOWN_PER_LAYER_FIELDS = (
 # Config attributes that hold a list of layer *indices* (renumbered, entries of
 # removed layers dropped).
 KNOWN_LAYER_INDEX_FIELDS = (
-    "mlp_only_layers",
+    "mlp_only_layers",   # Qwen2/3-MoE: dense layers
+    "moe_layers",        # Llama 4: MoE layers
+    "attn_layer_indices",  # Bamba: attention (not Mamba) layers
 )
+
+# Config attributes that split the layers at an index: layer i is of one kind iff i < threshold. Renumbering keeps
+# them exact by counting the kept layers below the threshold.
+KNOWN_LAYER_THRESHOLD_FIELDS = (
+    "max_window_layers",      # Qwen2: layers from this index on use sliding windows
+    "first_k_dense_replace",  # DeepSeek-V2/V3, GLM-4-MoE, dots1, ...: the first k layers are dense
+    "num_dense_layers",       # AFMoE: the first k layers are dense
+)
+
+# Config attributes that derive a layer's kind from its index by a rule no renumbering keeps (a period, an offset,
+# a step). They are named in the refusal when a removal would change a kept layer's kind.
+KNOWN_INDEX_RULE_FIELDS = (
+    "decoder_sparse_step", "moe_layer_freq", "interleave_moe_layer_step", "attn_layer_period", "attn_layer_offset",
+    "expert_layer_period", "expert_layer_offset", "global_attn_every_n_layers", "full_attention_interval",
+    "sliding_window_pattern", "no_rope_layer_interval", "moe_layer_interval", "moe_layer_start_index",
+    "moe_layer_end_index", "mamba_step", "layer_group_size", "num_kv_shared_layers",
+) + KNOWN_LAYER_THRESHOLD_FIELDS
+
+
+def index_rule_fields(config) -> dict:
+    """The index-rule fields the config sets (name -> value), for naming them in a refusal."""
+    out = {}
+    for name in KNOWN_INDEX_RULE_FIELDS:
+        value = getattr(config, name, None)
+        # 0 switches a step, period or count off; an offset of 0 is still a position
+        if isinstance(value, int) and not isinstance(value, bool) and (value or name.endswith("_offset")):
+            out[name] = value
+    return out
 
 
 def _gpt2_blocker(config) -> str | None:
@@ -58,9 +88,14 @@ def _gpt2_blocker(config) -> str | None:
 
 
 def _explicit_sparse_layers(config) -> None:
-    """Qwen2/3-MoE: layer i is sparse iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0. The
+    """Qwen2/3-MoE and the families that copied it (any config with both ``decoder_sparse_step`` and
+    ``mlp_only_layers``): layer i is sparse iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0. The
     rule follows the index, so before layers are removed it is rewritten as the explicit list it implies
-    (decoder_sparse_step 1, every dense layer in mlp_only_layers), which renumbering then keeps exact."""
+    (decoder_sparse_step 1, every dense layer in mlp_only_layers), which renumbering then keeps exact. A family that
+    reads the fields differently is still caught: the structure check compares every kept layer after the rewrite."""
+    if not isinstance(getattr(config, "decoder_sparse_step", None), int) \
+            or not isinstance(getattr(config, "mlp_only_layers", None), (list, tuple)):
+        return
     step = getattr(config, "decoder_sparse_step", 1) or 1
     experts = getattr(config, "num_experts", 0) or 0
     dense_only = set(getattr(config, "mlp_only_layers", None) or [])
@@ -71,6 +106,11 @@ def _explicit_sparse_layers(config) -> None:
     config.decoder_sparse_step = 1
 
 
+# Index rules rewritten as explicit per-layer fields before layers are removed, keyed by the fields (not the family),
+# so a family that copies a rule is covered without being listed.
+RULE_REWRITES: tuple[Callable[[object], None], ...] = (_explicit_sparse_layers,)
+
+
 @dataclass(frozen=True)
 class Family:
     """Small overrides for one ``config.model_type``."""
@@ -79,8 +119,6 @@ class Family:
     per_layer_fields: tuple[str, ...] = ()
     layer_index_fields: tuple[str, ...] = ()
     blocker: Callable[[object], str | None] | None = None
-    # rewrites an index rule of the config as the explicit per-layer fields it implies (original numbering)
-    explicit_rule: Callable[[object], None] | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -89,8 +127,8 @@ FAMILIES: dict[str, Family] = {
     "mixtral": Family("model.layers"),
     "qwen2": Family("model.layers"),
     "qwen3": Family("model.layers"),
-    "qwen2_moe": Family("model.layers", layer_index_fields=("mlp_only_layers",), explicit_rule=_explicit_sparse_layers),
-    "qwen3_moe": Family("model.layers", layer_index_fields=("mlp_only_layers",), explicit_rule=_explicit_sparse_layers),
+    "qwen2_moe": Family("model.layers"),
+    "qwen3_moe": Family("model.layers"),
     "gemma": Family("model.layers"),
     "gemma2": Family("model.layers"),
     "gemma3_text": Family("model.layers"),
@@ -189,11 +227,34 @@ class ConfigLayout:
     preferred_path: str | None = None
 
 
+def per_layer_overrides(config) -> dict | None:
+    """A heterogeneous config's per-layer overrides (transformers' ``per_layer_config``: layer index -> the fields
+    that layer sets differently), or None for a homogeneous config."""
+    spec = config.__dict__.get("_heterogeneity_spec")
+    if not getattr(config, "is_heterogeneous", False) or spec is None:
+        return None
+    return {int(i): dict(v) for i, v in spec.per_layer_overrides.items()}
+
+
+def set_per_layer_overrides(config, overrides: dict | None) -> None:
+    """Set (or clear, with None) a config's per-layer overrides; transformers validates them against the current
+    layer count, so set that first."""
+    config.per_layer_config = overrides or None
+
+
+def shrink_thresholds(config, keep) -> None:
+    """Renumber the config's index thresholds (:data:`KNOWN_LAYER_THRESHOLD_FIELDS`) for the ``keep`` layers."""
+    for name in KNOWN_LAYER_THRESHOLD_FIELDS:
+        threshold = getattr(config, name, None)
+        if isinstance(threshold, int) and not isinstance(threshold, bool):
+            setattr(config, name, sum(1 for i in keep if i < threshold))
+
+
 def make_rules_explicit(config) -> None:
-    """Rewrite the config's index rules as explicit per-layer fields, for the families that have a rewrite."""
-    family = FAMILIES.get(getattr(config, "model_type", None), Family())
-    if family.explicit_rule is not None:
-        family.explicit_rule(config)
+    """Rewrite the config's index rules as the explicit per-layer fields they imply, where the config has such
+    fields (:data:`RULE_REWRITES`; each rewrite checks the fields it needs and leaves other configs alone)."""
+    for rewrite in RULE_REWRITES:
+        rewrite(config)
 
 
 def config_layout(config, model_type: str | None = None) -> ConfigLayout:

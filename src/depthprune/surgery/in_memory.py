@@ -15,8 +15,9 @@ from typing import Iterable, Iterator, Sequence
 
 from torch import nn
 
-from depthprune.arch.layout import config_layout, layout, make_rules_explicit, num_layers, set_num_layers
-from depthprune.arch.skeleton import meta_skeleton, structure_mismatches
+from depthprune.arch.layout import (config_layout, index_rule_fields, layout, make_rules_explicit, num_layers,
+                                    per_layer_overrides, set_num_layers, set_per_layer_overrides, shrink_thresholds)
+from depthprune.arch.skeleton import LAYER_INDEX_ATTRIBUTES, OUTSIDE_LAYERS, layer_structure, meta_skeleton, structure_mismatches
 from depthprune.errors import DepthpruneError
 
 
@@ -55,8 +56,8 @@ def remove_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
 def shrink_config(config, keep: Sequence[int]) -> None:
     """Edit ``config`` in place so that it describes only the ``keep`` layers (0-based, ascending).
 
-    The layer count, every per-layer list, every list of layer indices and the sliding-window
-    threshold follow the kept layers. This one function edits the config of an in-memory model
+    The layer count, every per-layer list, every list of layer indices and every index threshold
+    (:data:`depthprune.arch.layout.KNOWN_LAYER_THRESHOLD_FIELDS`) follow the kept layers. This one function edits the config of an in-memory model
     (:func:`remove_layers`) and of a checkpoint pruned on disk (:mod:`depthprune.scale.checkpoint`).
     """
     keep = list(keep)
@@ -69,8 +70,13 @@ def shrink_config(config, keep: Sequence[int]) -> None:
     for name in fields.layer_index_fields:
         values = getattr(config, name)
         setattr(config, name, [remap[i] for i in values if i in remap])
-    _shrink_window_threshold(config, keep)
+    shrink_thresholds(config, keep)
+    overrides = per_layer_overrides(config)  # a heterogeneous config: layer index -> that layer's own fields
+    if overrides is not None:
+        set_per_layer_overrides(config, None)
     set_num_layers(config, len(keep))
+    if overrides is not None:
+        set_per_layer_overrides(config, {remap[i]: v for i, v in overrides.items() if i in remap})
 
 
 def pruned_copy(model: nn.Module, layers: Sequence[int]) -> nn.Module:
@@ -80,17 +86,9 @@ def pruned_copy(model: nn.Module, layers: Sequence[int]) -> nn.Module:
 
 def _renumber(layer: nn.Module, new_idx: int) -> None:
     for module in layer.modules():
-        if isinstance(getattr(module, "layer_idx", None), int):
-            module.layer_idx = new_idx
-        if isinstance(getattr(module, "layer_id", None), int):
-            module.layer_id = new_idx
-
-
-def _shrink_window_threshold(config, keep: list[int]) -> None:
-    # Qwen2-style: layers with index >= max_window_layers use sliding windows.
-    threshold = getattr(config, "max_window_layers", None)
-    if isinstance(threshold, int):
-        config.max_window_layers = sum(1 for i in keep if i < threshold)
+        for attr in LAYER_INDEX_ATTRIBUTES:
+            if isinstance(getattr(module, attr, None), int):
+                setattr(module, attr, new_idx)
 
 
 def _refresh_cached_flags(model: nn.Module, config) -> None:
@@ -116,23 +114,92 @@ def structure_refusal(original, removed: Sequence[int], *, trust_remote_code: bo
 
     The pruned config must build every kept layer as it was (:func:`depthprune.arch.skeleton.structure_mismatches`).
     A family whose per-layer kind follows an index rule the config cannot be rewritten to keep (an MoE layer every
-    k-th position, a hybrid period) fails this for most removals; the sentence names the first layer that would
-    change and how.
+    k-th position, a hybrid period, a residual scale set by depth) fails this for most removals; the sentence names
+    the first layer that would change and how, the config fields that set the rule, and the removal of as many
+    layers closest to the requested one that keeps every kept layer as it was (checked the same way), if any.
     """
     config = original.config if hasattr(original, "named_modules") else original
     total = num_layers(config)
     removed = validate_layer_indices(removed, total)
     keep = [i for i in range(total) if i not in set(removed)]
     before = original if hasattr(original, "named_modules") else meta_skeleton(config, trust_remote_code)
-    after = meta_skeleton(pruned_config(config, removed), trust_remote_code)
+    kind = getattr(config, "model_type", "?")
+    try:
+        shrunk = pruned_config(config, removed)
+        if callable(getattr(shrunk, "validate", None)):
+            shrunk.validate()  # the checks save_pretrained would run (layer-group counts, list lengths)
+        after = meta_skeleton(shrunk, trust_remote_code)
+    except DepthpruneError:
+        raise
+    except Exception as exc:  # transformers refuses the shrunk config itself
+        return (f"removing layers {removed} from this {kind} model cannot be saved correctly: transformers cannot "
+                f"build a model from the pruned config ({_one_line(exc)})")
     problems = structure_mismatches(before, after, keep)
     if not problems:
         return None
-    kind = getattr(config, "model_type", "?")
-    return (f"removing layers {removed} from this {kind} model cannot be saved correctly: its config derives each "
-            f"layer's kind from the layer's index, and after renumbering {problems[0]}"
-            + (f" ({len(problems) - 1} more layers change)" if len(problems) > 1 else "")
-            + "; choose layers that keep every kept layer's kind")
+    rules = index_rule_fields(config)
+    if OUTSIDE_LAYERS in problems[0]:
+        return (f"removing layers {removed} from this {kind} model cannot be saved correctly: "
+                f"{problems[0]}; depthprune removes whole decoder layers and keeps every other tensor as it is, so "
+                "no removal of layers can be saved for this model")
+    source = (f"its config derives each layer's kind from the layer's index "
+              f"({', '.join(f'{k}={v}' for k, v in rules.items())})" if rules
+              else "its model code derives each layer's kind from the layer's index (no config field sets it)")
+    sentence = (f"removing layers {removed} from this {kind} model cannot be saved correctly: {source}, and after "
+                f"renumbering {problems[0]}"
+                + (f" ({len(problems) - 1} more layers change)" if len(problems) > 1 else ""))
+    safe = _closest_safe_removal(before, after, removed, config, trust_remote_code)
+    if safe is not None:
+        return sentence + f"; removing layers {safe} instead keeps every kept layer as it was"
+    return sentence + f"; no removal of {len(removed)} layers keeps every kept layer as it was"
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _closest_safe_removal(before, after, removed: list[int], config, trust_remote_code: bool) -> list[int] | None:
+    """The removal of ``len(removed)`` layers that keeps the most of the requested layers removed and builds every
+    kept layer as it was, or None.
+
+    The pruned config builds the same sequence of layer kinds for every removal of that many layers when the kinds
+    follow an index rule (``after``); a removal is safe when the kept layers of ``before`` show exactly that
+    sequence. The best such subsequence is found by dynamic programming over (original layer, pruned position) and
+    then checked with a skeleton of its own pruned config, since a family may also rewrite some fields per removal.
+    """
+    layers_before, layers_after = layout(before).layers(before), layout(after).layers(after)
+    ids: dict = {}
+    source = [ids.setdefault(layer_structure(layer), len(ids)) for layer in layers_before]
+    target = [ids.get(layer_structure(layer), -1) for layer in layers_after]
+    n, m, wanted = len(source), len(target), set(removed)
+    inf = n + 1
+    # cost[i][j]: fewest requested layers kept when source[:i] yields target[:j]
+    cost = [[inf] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = 0
+    for i in range(n):
+        for j in range(m + 1):
+            if cost[i][j] == inf:
+                continue
+            cost[i + 1][j] = min(cost[i + 1][j], cost[i][j])
+            if j < m and source[i] == target[j]:
+                cost[i + 1][j + 1] = min(cost[i + 1][j + 1], cost[i][j] + (i in wanted))
+    if cost[n][m] == inf:
+        return None
+    kept, j = [], m
+    for i in range(n, 0, -1):  # walk back: keep layer i-1 only where that step was needed for the optimum
+        if j > 0 and source[i - 1] == target[j - 1] and cost[i - 1][j - 1] + ((i - 1) in wanted) == cost[i][j] \
+                and cost[i - 1][j - 1] < inf:
+            kept.append(i - 1)
+            j -= 1
+        elif cost[i - 1][j] != cost[i][j]:
+            return None  # pragma: no cover - the table is consistent by construction
+    safe = sorted(set(range(n)) - set(kept))
+    try:
+        check = meta_skeleton(pruned_config(config, safe), trust_remote_code)
+    except Exception:
+        return None
+    return safe if not structure_mismatches(before, check, sorted(kept)) else None
 
 
 def check_removable(model: nn.Module) -> None:
@@ -159,7 +226,7 @@ def pruned_view(model: nn.Module, layers: Sequence[int]) -> Iterator[nn.Module]:
     lay = layout(model)
     original_layers = lay.layers(model)
     config_state = dict(model.config.__dict__)
-    index_state = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in ("layer_idx", "layer_id")
+    index_state = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in LAYER_INDEX_ATTRIBUTES
                    if isinstance(getattr(m, attr, None), int)]
     flag_state = [(m, m.has_sliding_layers) for m in model.modules() if hasattr(m, "has_sliding_layers")]
     try:
