@@ -338,3 +338,15 @@ def test_a_safetensors_header_that_claims_more_than_the_file_is_refused(work, ca
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
     refused(cli(capsys, "prune", lying, "--layers", "1", "--out", tmp_path / "o"), "model.safetensors")
     refused(cli(capsys, "score", lying, "--offload", "layers", "--out", tmp_path / "s.json"), "model.safetensors")
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--remove-per-layer", "5"], "more than the 2 KV groups"),
+    (["--remove-per-layer", "2"], "all of the 2 KV groups"),
+    (["--remove-per-layer", "4", "--remove-unit", "query"], "all of the 4 query heads"),
+])
+def test_heads_counts_beyond_what_a_layer_has_are_refused_not_clamped(work, capsys, tmp_path, no_loading, flags,
+                                                                      fragment):
+    """The tiny model has 4 query heads in 2 KV groups per layer."""
+    refused(cli(capsys, "heads", work[1], *flags, "--out", tmp_path / "h"), fragment)
+    assert not (tmp_path / "h").exists()

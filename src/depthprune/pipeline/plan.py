@@ -551,7 +551,7 @@ def plan(recipe: Recipe, *, model=None, calibration=None, scores=None, recipe_so
     if cmd == "sweep":
         _check_sweep(recipe, source)
     if cmd == "heads":
-        _check_heads(recipe)
+        _check_heads(recipe, source)
     if cmd == "eval" and recipe.evaluation.ppl is None and recipe.evaluation.tasks is None:
         raise DepthpruneError("give --ppl SPEC and/or --tasks NAMES")
     if cmd == "bench" and recipe.bench.compare is not None:
@@ -665,8 +665,19 @@ def _check_sweep(recipe: Recipe, source: ModelSource) -> None:
         raise DepthpruneError(f"unknown metric '{unknown[0]}'")
 
 
-def _check_heads(recipe: Recipe) -> None:
+def _check_heads(recipe: Recipe, source: ModelSource) -> None:
     h = recipe.heads
+    config = source.config
+    heads = getattr(config, "num_attention_heads", None)
+    if h.remove_per_layer is not None and isinstance(heads, int):
+        # counts beyond what a layer has are refused, never clamped; all of a layer's KV groups is the layer itself
+        groups = getattr(config, "num_key_value_heads", None) or heads
+        have, unit = (groups, "KV groups") if h.remove_unit == "group" else (heads, "query heads")
+        if h.remove_per_layer >= have:
+            more = "more than" if h.remove_per_layer > have else "all of"
+            raise DepthpruneError(f"--remove-per-layer {h.remove_per_layer} is {more} the {have} {unit} each layer "
+                                  f"of this model has: give at most {have - 1}, or remove whole layers with "
+                                  "depthprune prune")
     if h.remove_per_layer is not None and (h.select_by not in h.metrics or h.remove_unit not in h.units):
         raise DepthpruneError(f"--select-by {h.select_by} --remove-unit {h.remove_unit} needs those scores: add "
                               f"{h.select_by} to --metrics and {h.remove_unit} to --units")
