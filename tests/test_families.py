@@ -132,3 +132,15 @@ def test_the_cli_refuses_on_disk_and_saves_a_renumbered_rule_exactly(tmp_path):
     with torch.no_grad():
         logits = reloaded(input_ids=probe(), use_cache=False).logits
     assert (logits - _reference(model, [1])).abs().max().item() <= 1e-4
+
+
+def test_tied_embeddings_are_not_mistaken_for_a_tensor_the_pruned_config_adds():
+    """A loaded model with tied input/output embeddings lists the shared tensor once; its skeleton must not look
+    like it gained an lm_head (SmolLM2 ties them)."""
+    from tiny import ARCHS
+
+    config = ARCHS["llama"][0]()
+    config.tie_word_embeddings = True
+    model = tf.AutoModelForCausalLM.from_config(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert structure_refusal(model, [1]) is None

@@ -161,7 +161,8 @@ def _outside_layers(before, after) -> list[str]:
     shapes (Gemma 4's per-layer input embeddings grow with the layer count: removing layers would need them cut)."""
     def shapes(model):
         prefix = layout(model).layers_path + "."
-        return {name: tuple(p.shape) for name, p in model.named_parameters() if not name.startswith(prefix)}
+        return {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)
+                if not name.startswith(prefix)}  # tied weights count under each name on both sides
     b, a = shapes(before), shapes(after)
     problems = []
     for name in sorted(set(b) | set(a)):
