@@ -63,3 +63,30 @@ def test_bad_requests_are_one_sentence_errors():
         quantize_model(model, "int3")
     with pytest.raises(DepthpruneError, match="group size"):
         quantize_model(model, "int4", group_size=128)
+
+
+def test_the_cli_keeps_the_source_dtype_for_the_tensors_it_does_not_quantize(tmp_path):
+    """A bfloat16 checkpoint quantized to int8: embeddings and norms stay bfloat16 (read from the safetensors header,
+    not from depthprune's record), as an unquantized save would keep them, not the float32 compute dtype."""
+    import json
+    import struct
+
+    import transformers as tf
+
+    from test_hostile import run_cli
+    from tiny import tiny_checkpoint
+
+    source = tmp_path / "bf16"
+    tiny_checkpoint(tmp_path / "f32", num_layers=4)
+    tf.AutoModelForCausalLM.from_pretrained(tmp_path / "f32", dtype=torch.bfloat16).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).write_bytes((tmp_path / "f32" / name).read_bytes())
+    out = tmp_path / "q8"
+    result = run_cli("prune", source, "--layers", "1", "--quantize", "int8", "--out", out)
+    assert result.returncode == 0, result.stderr
+    raw = (out / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    dtypes = {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes["model.embed_tokens.weight"] == "BF16" and dtypes["model.norm.weight"] == "BF16", dtypes
+    assert "I8" in dtypes.values()
+    assert json.loads((out / "depthprune.json").read_text())["save_dtype"] == "bfloat16"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from depthprune.io.models import declared_dtype
 from depthprune.pipeline.plan import Plan
 
 
@@ -80,4 +81,24 @@ class RunState:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
-__all__ = ["RunState"]
+def source_info(state: RunState) -> dict:
+    """Where the weights came from, for the saved checkpoint's dtype and the model card's lineage."""
+    src = state.plan.source
+    info = {"kind": src.kind}
+    loaded = state.loaded
+    if loaded is not None:
+        info.update({k: loaded.info.get(k) for k in ("kind", "source_dtype", "upstream", "description")
+                     if loaded.info.get(k) is not None})
+    if "source_dtype" not in info:
+        model = state.model
+        declared = src.source_dtype or (declared_dtype(model.config) if model is not None else None)
+        if declared is None and model is not None:
+            declared = str(next(model.parameters()).dtype).removeprefix("torch.")
+        if declared is not None:
+            info["source_dtype"] = declared
+    if info.get("kind") == "hub":
+        info["hub_id"] = state.recipe.model
+    return info
+
+
+__all__ = ["source_info", "RunState"]

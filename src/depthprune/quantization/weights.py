@@ -100,10 +100,11 @@ def check_quantizable(model) -> None:
                               "or export a GGUF with --gguf-type q8_0")
 
 
-def quantize_model(model, method: str, *, group_size: int = 32):
+def quantize_model(model, method: str, *, group_size: int = 32, dtype: str | None = None):
     """A weight-only quantized copy of ``model`` (int8 or int4), savable with ``save_pretrained``.
 
-    The input model is not modified. The result is on the CPU in the input's float dtype.
+    The input model is not modified. The result is on the CPU; its unquantized tensors (embeddings, norms, biases)
+    are in ``dtype`` (a name such as ``"bfloat16"``; None: the input's float dtype).
     """
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
@@ -112,7 +113,7 @@ def quantize_model(model, method: str, *, group_size: int = 32):
     _check_shapes(model, method, group_size)
     if getattr(model.config, "quantization_config", None) is not None:
         raise DepthpruneError("the model is already quantized; quantize a float model")
-    dtype = next(model.parameters()).dtype
+    dtype = getattr(torch, dtype) if dtype is not None else next(model.parameters()).dtype
     config = TorchAoConfig(torchao_config(method, group_size))
     with tempfile.TemporaryDirectory(prefix="depthprune-quant-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

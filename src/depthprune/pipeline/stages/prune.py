@@ -20,7 +20,8 @@ from depthprune.importance.scores import MetricScores, compute_scores
 from depthprune.importance.scoring import run_layer_metrics
 from depthprune.importance.streamed import run_layer_metrics_streamed
 from depthprune.io.data import build_calibration
-from depthprune.pipeline.state import RunState
+from depthprune.io.formats.hf import resolve_save_dtype
+from depthprune.pipeline.state import RunState, source_info
 from depthprune.quantization.weights import quantize_model
 from depthprune.reporting.records import ScoreReport
 from depthprune.repair.linear import fit_linear_maps, fold_linear_maps
@@ -273,8 +274,12 @@ def repair(state: RunState) -> None:
 
 
 def quantize(state: RunState) -> None:
+    """Weight-only quantization; the tensors it leaves as they are (embeddings, norms) keep the dtype the model
+    came in, as an unquantized save would, not the compute dtype."""
     q = state.recipe.quantization
-    state.pruned = quantize_model(state.pruned, q.method, group_size=q.group_size)
+    dtype = resolve_save_dtype("auto", source_info(state).get("source_dtype"), state.pruned)
+    state.pruned = quantize_model(state.pruned, q.method, group_size=q.group_size, dtype=dtype)
+    state.extra["quantized_dtype"] = dtype
 
 
 STAGES = {"score": score, "select": select_layers, "cut": cut, "repair": repair, "quantize": quantize,

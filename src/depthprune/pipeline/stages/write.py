@@ -16,10 +16,9 @@ from pathlib import Path
 from depthprune.io.formats.gguf_export import export_gguf
 from depthprune.io.formats.hf import resolve_save_dtype, save_checkpoint
 from depthprune.io.gguf import read_header as read_gguf_header
-from depthprune.io.models import declared_dtype
 from depthprune.io.readback import check_checkpoint, check_gguf
 from depthprune.io.writer import OutputSpec, Staging, transaction, weights_bytes
-from depthprune.pipeline.state import RunState
+from depthprune.pipeline.state import RunState, source_info
 from depthprune.reporting.card import model_card
 from depthprune.reporting.head_plots import plot_head_heatmaps
 from depthprune.reporting.plots import plot_layer_scores
@@ -67,26 +66,6 @@ def timings_so_far(state: RunState) -> dict:
     if started is not None:
         timings["save"] = round(timings.get("save", 0.0) + time.perf_counter() - started, 3)
     return timings
-
-
-def source_info(state: RunState) -> dict:
-    """Where the weights came from, for the saved checkpoint's dtype and the model card's lineage."""
-    src = state.plan.source
-    info = {"kind": src.kind}
-    loaded = state.loaded
-    if loaded is not None:
-        info.update({k: loaded.info.get(k) for k in ("kind", "source_dtype", "upstream", "description")
-                     if loaded.info.get(k) is not None})
-    if "source_dtype" not in info:
-        model = state.model
-        declared = src.source_dtype or (declared_dtype(model.config) if model is not None else None)
-        if declared is None and model is not None:
-            declared = str(next(model.parameters()).dtype).removeprefix("torch.")
-        if declared is not None:
-            info["source_dtype"] = declared
-    if info.get("kind") == "hub":
-        info["hub_id"] = state.recipe.model
-    return info
 
 
 def model_name(state: RunState) -> str:
@@ -149,8 +128,8 @@ def write_prune_checkpoint(state: RunState) -> None:
     quantized = rec.quantization.method is not None
     dtype_name = resolve_save_dtype("auto" if quantized else rec.output.save_dtype,
                                     report.source.get("source_dtype"), pruned)
-    if quantized:
-        dtype_name = rec.runtime.dtype
+    if quantized:  # the quantize stage chose the dtype of the tensors it left unquantized
+        dtype_name = state.extra["quantized_dtype"]
     state.report = report
     if not state.plan.outputs:
         return  # the Python API: the result stays in memory until PruneResult.save
@@ -405,4 +384,4 @@ STAGES = {("write", "prune"): write_prune, ("write", "score"): write_score, ("wr
           ("write", "heads"): write_heads, ("write", "repair"): write_repair, ("write", "eval"): write_eval,
           ("write", "bench"): write_bench, ("write", "report"): write_report}
 
-__all__ = ["STAGES", "model_name", "prune_record", "source_info"]
+__all__ = ["STAGES", "model_name", "prune_record"]
