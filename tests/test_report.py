@@ -194,3 +194,23 @@ def test_report_html_renders_in_headless_chromium(pruned_dir, tmp_path):
     assert near((0xD6, 0x27, 0x28)) > 10_000, "no red bars: plots missing"
     assert near((0x1F, 0x77, 0xB4)) > 20_000, "no blue bars: plots missing"
     assert near((0x2C, 0xA0, 0x2C)) > 5_000, "no green bars: speed plot missing"
+
+
+def test_a_missing_result_is_drawn_as_no_bar_labelled_dash_not_as_zero(tmp_path, monkeypatch):
+    """The table prints "-" for a task the pruned model has no result for; the chart must agree."""
+    import matplotlib.axes
+
+    from depthprune.reporting.plots import plot_quality
+
+    drawn = []
+    original = matplotlib.axes.Axes.bar_label
+
+    def capture(self, container, labels=None, **kwargs):
+        drawn.append(([b.get_height() for b in container], list(labels or [])))
+        return original(self, container, labels=labels, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", capture)
+    plot_quality((10.0, None), [("arc_easy", 0.5, None), ("piqa", None, 0.25)], tmp_path / "q.png")
+    assert drawn[0] == ([10.0, 0.0], ["10.0", "-"])
+    assert drawn[1] == ([50.0, 0.0], ["50.0", "-"])   # dense
+    assert drawn[2] == ([0.0, 25.0], ["-", "25.0"])   # pruned

@@ -96,6 +96,12 @@ def _plot_cutoff_zoom(ax, scores: list[float], removed: set[int], metric: str, c
     ax.tick_params(axis="y", labelsize=7)
 
 
+def _labels(values, fmt: str) -> list[str]:
+    """Bar labels: the value, or "-" where nothing was measured (that bar has no height, as the table has no
+    number): a missing result is never drawn as a measured 0."""
+    return ["-" if v is None else fmt.format(v) for v in values]
+
+
 def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, float | None, float | None]], path: Path,
                  *, labels: tuple[str, str] = ("dense", "pruned"), title: str = "", ppl_source: str = "") -> Path:
     """Grouped bars, dense vs pruned: perplexity (own axis, lower is better) and task accuracy in %.
@@ -112,8 +118,8 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
     axes = list(axes[0])
     if ppl:
         ax = axes.pop(0)
-        bars = ax.bar([0, 1], list(ppl), color=colors)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        bars = ax.bar([0, 1], [v or 0.0 for v in ppl], color=colors)
+        ax.bar_label(bars, labels=_labels(ppl, "{:.1f}"), fontsize=8)
         ax.set_xticks([0, 1], list(labels))
         ax.set_ylabel("perplexity (lower is better)")
         ax.set_title(f"perplexity on {ppl_source}" if ppl_source else "perplexity", fontsize=9)
@@ -121,9 +127,10 @@ def plot_quality(ppl: tuple[float, float] | None, tasks: Sequence[tuple[str, flo
         ax = axes.pop(0)
         xs = range(len(tasks))
         for k, (label, color) in enumerate(zip(labels, colors)):
-            values = [100 * (t[1 + k] or 0.0) for t in tasks]
-            bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            measured = [None if t[1 + k] is None else 100 * t[1 + k] for t in tasks]
+            bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], [v or 0.0 for v in measured], width=0.4, color=color,
+                          label=label)
+            ax.bar_label(bars, labels=_labels(measured, "{:.1f}"), fontsize=7)
         ax.set_xticks(list(xs), [t[0] for t in tasks], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_title("task accuracy (lm-eval)", fontsize=9)
@@ -226,9 +233,10 @@ def plot_speed(rows: Sequence[tuple[str, float | None, float | None]], path: Pat
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.3 * len(rows)), 3.6), dpi=120)
     xs = range(len(rows))
     for k, (label, color) in enumerate((("measured", "#2ca02c"), ("ideal (FLOPs)", "#7f7f7f"))):
-        values = [r[1 + k] or 0.0 for r in rows]
-        bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], values, width=0.4, color=color, label=label)
-        ax.bar_label(bars, labels=["n/a" if r[1 + k] is None else f"{r[1 + k]:.2f}" for r in rows], fontsize=7)
+        values = [r[1 + k] for r in rows]
+        bars = ax.bar([x + (k - 0.5) * 0.4 for x in xs], [v or 0.0 for v in values], width=0.4, color=color,
+                      label=label)
+        ax.bar_label(bars, labels=_labels(values, "{:.2f}"), fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_ylim(0, max([v or 0.0 for r in rows for v in r[1:]] + [1.0]) * 1.25)
     ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
