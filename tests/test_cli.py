@@ -192,3 +192,22 @@ def test_overwrite_replaces_existing_output(work, tmp_path):
     result = run("prune", model, "--remove", 1, "--data", root / "calib.txt", *CALIB, "--out", out, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not (out / "old.txt").exists() and (out / "depthprune.json").exists()
+
+
+def test_block_strategy_prints_the_block_scores_it_chose_from(work, tmp_path):
+    """Strategy block chooses among contiguous runs: it prints each run's score (not a per-layer rank table or a
+    removal order), and the run it marks removed is the lowest-scoring one (no layer is protected here)."""
+    root, model = work
+    out = tmp_path / "block"
+    result = run("prune", model, "--remove", "2", "--strategy", "block", "--data", root / "calib.txt", *CALIB,
+                 "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "blocks of 2 layers" in result.stdout and "rank 0 = least important" not in result.stdout
+    assert "removal order" not in result.stdout
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    parsed = [(cells[1].strip(), float(cells[2]), "removed" in cells[4]) for cells in rows]
+    assert len(parsed) == 5  # starts 0..4 of a 6-layer model
+    chosen = [span for span, _, removed in parsed if removed]
+    assert chosen == [min(parsed, key=lambda r: r[1])[0]]
+    first, last = map(int, chosen[0].split("-"))
+    assert json.loads((out / "depthprune.json").read_text())["removed_layers"] == [first, last]

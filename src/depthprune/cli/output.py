@@ -28,6 +28,20 @@ def score_table(scores: list[float], removed: set[int], metric: str) -> Table:
     return table
 
 
+def block_table(block_scores: list[float], n: int, start: int, metric: str) -> Table:
+    """Strategy ``block``: the score of every contiguous run of ``n`` layers, which is what the choice is made on."""
+    order = sorted(range(len(block_scores)), key=lambda s: (block_scores[s], s))
+    rank = {s: r for r, s in enumerate(order)}
+    what = "angular distance between its input and output" if metric.startswith("angular") else f"sum of {metric}"
+    table = Table(title=f"blocks of {n} layers: {what} (0-based, original numbering; rank 0 = removed first)")
+    for col in ("layers", "score", "rank", "decision"):
+        table.add_column(col, justify="right" if col != "decision" else "left")
+    for s, value in enumerate(block_scores):
+        decision = Text("removed", style="red") if s == start else ""
+        table.add_row(f"{s}-{s + n - 1}", f"{value:.5f}", str(rank[s]), decision)
+    return table
+
+
 def timings_line(timings: dict) -> str:
     """``time: loading 3.2 s, calibration 1.0 s, ... (total 41.7 s)`` in pipeline order."""
     shown = {n: t for n, t in timings.items() if t >= 0.05}  # a stage with nothing to do (select of --layers)
@@ -119,5 +133,5 @@ def readback_line(readback: dict | None) -> str | None:
     return "; ".join(parts)
 
 
-__all__ = ["bench_comparison", "bench_single", "footer", "perplexity_table", "readback_line", "score_table", "task_results",
+__all__ = ["bench_comparison", "bench_single", "block_table", "footer", "perplexity_table", "readback_line", "score_table", "task_results",
            "timings_line"]

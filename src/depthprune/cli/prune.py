@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from depthprune.cli.base import console
-from depthprune.cli.output import bench_comparison, footer, perplexity_table, score_table, task_results
+from depthprune.cli.output import bench_comparison, block_table, footer, perplexity_table, score_table, task_results
 from depthprune.cli.run import command
 from depthprune.surgery.gguf_cut import gguf_output_paths
 
@@ -12,7 +12,11 @@ def print_prune(state) -> None:
     report, rec, plan = state.report, state.recipe, state.plan
     for note in plan.notes:
         console.print(f"plan: {note}", highlight=False)
-    if report.scores:
+    block = report.selection or {}
+    if report.strategy == "block" and block.get("block_scores") is not None:
+        console.print(block_table(block["block_scores"], len(report.removed_layers), block["block_start"],
+                                  report.metric))
+    elif report.scores:
         console.print(score_table(report.scores, set(report.removed_layers), report.metric))
     if report.strategy == "given":
         console.print("layers given (--layers): nothing was scored", highlight=False)

@@ -6,7 +6,8 @@ original first/last layers):
 * ``one-shot``: score once, remove the ``n`` least important layers (ShortGPT).
 * ``iterative``: remove the least important layer, re-score the pruned model (a weight-sharing
   pruned view, no copy), repeat ``n`` times. With ``ppl`` this *is* greedy-ppl and is computed so.
-* ``block``: remove the best contiguous run of ``n`` layers. With ``angular``/``angular-all`` the
+* ``block``: remove the best contiguous run of ``n`` layers (every start's block score is kept in
+  ``details["block_scores"]``, which is what the choice was made on). With ``angular``/``angular-all`` the
   block whose input and output are closest in angle (Gromov et al. 2024); with ``bi`` or
   ``relative-magnitude`` the block with the smallest *sum* of per-layer scores (additive, cheap,
   from the same one pass; the angular metric already covers "distance between block input and output").
@@ -158,7 +159,8 @@ def plan(model: nn.Module, calibration: CalibrationSet, counts: Sequence[int], *
         for n in counts:
             start = best_block(have.blocks[n], n, total, protected)
             result[n] = Selection(metric, strategy, n, list(range(start, start + n)),
-                                  details={"block_start": start, "block_score": have.blocks[n][start]})
+                                  details={"block_start": start, "block_score": have.blocks[n][start],
+                                           "block_scores": list(have.blocks[n])})
         return result, have
 
     scores = precomputed.get(metric) or compute_scores(model, calibration, [metric], batch_size=batch_size,
@@ -180,7 +182,7 @@ def choose_from_scores(scores: Sequence[float], n: int, *, metric: str, strategy
         sums = [sum(scores[s:s + n]) for s in range(total - n + 1)]
         start = best_block(sums, n, total, protected)
         return Selection(metric, strategy, n, list(range(start, start + n)),
-                         details={"block_start": start, "block_score": sums[start]})
+                         details={"block_start": start, "block_score": sums[start], "block_scores": sums})
     if strategy != "one-shot":
         raise DepthpruneError(f"strategy '{strategy}' scores the model itself; per-layer scores drive one-shot or block")
     removed = select_lowest(scores, n, protect_first=protect_first, protect_last=protect_last)
