@@ -114,3 +114,23 @@ def test_click_usage_error_from_plain_click_is_caught(monkeypatch, capsys):
     monkeypatch.setattr(cli, "app", _fake_app(click.UsageError("bad thing happened")))
     assert cli._run_app(["prune"]) == 2
     assert "error: bad thing happened" in capsys.readouterr().err
+
+
+def test_tables_are_not_squeezed_into_80_columns_when_output_is_a_pipe(tmp_path):
+    """A table wider than 80 columns keeps each row on one line when stdout is a pipe (here: captured)."""
+    import subprocess
+    import sys
+
+    from test_hostile import subprocess_env
+
+    code = ("from rich.table import Table\n"
+            "from depthprune.cli.base import console\n"
+            "t = Table()\n"
+            "for c in ('task', 'metric', 'dense', 'pruned', 'n', 'source'): t.add_column(c)\n"
+            "t.add_row('hellaswag_local_with_a_long_name', 'acc_norm', '0.4123 ± 0.0123', '0.3987 ± 0.0124', '500',\n"
+            "          '/data/tasks/hellaswag/validation.jsonl')\n"
+            "console.print(t)\n")
+    env = {k: v for k, v in subprocess_env().items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    row = [line for line in out.splitlines() if "hellaswag" in line]
+    assert len(row) == 1 and "0.3987 ± 0.0124" in row[0] and "validation.jsonl" in row[0], out

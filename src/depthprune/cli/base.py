@@ -47,8 +47,20 @@ def _flags_without_type_label() -> None:
 _flags_without_type_label()
 # markup=False, emoji=False: no user-supplied string (paths, specs, model names) is ever read as rich markup.
 # soft_wrap=True: long lines (paths) are never broken by inserted newlines.
-console = Console(stderr=False, markup=False, emoji=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
+# A pipe or a file has no width: rich would lay tables out in 80 columns and wrap their cells; give them room unless
+# COLUMNS says otherwise.
+PIPE_WIDTH = 200
+
+
+def _console(stderr: bool) -> Console:
+    made = Console(stderr=stderr, markup=False, emoji=False, soft_wrap=True)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made.width = PIPE_WIDTH
+    return made
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 STATE: dict = {"debug": False, "argv": None}
 
 
