@@ -45,3 +45,16 @@ def test_bi_beats_random_removal(smollm2):
     assert math.isfinite(bi_ppl)
     mean_random = sum(random_ppls) / len(random_ppls)
     assert bi_ppl < mean_random, (bi_ppl, random_ppls)
+
+
+def test_the_first_use_of_a_demo_model_says_it_is_caching_a_dequantized_copy(tmp_path):
+    """The one-time dequantization is slow and writes hundreds of MB: the CLI says so, and where, by default."""
+    from test_hostile import run_cli, subprocess_env
+
+    env = subprocess_env(DEPTHPRUNE_CACHE=str(tmp_path / "cache"))
+    result = run_cli("prune", "smollm2-135m", "--layers", "3", "--out", tmp_path / "out", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "caching the float32 copy at" in result.stderr and str(tmp_path / "cache") in result.stderr
+    assert "later runs load it directly" in result.stderr
+    again = run_cli("prune", "smollm2-135m", "--layers", "3", "--out", tmp_path / "out2", env=env)
+    assert again.returncode == 0 and "caching" not in again.stderr

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from depthprune._version import __version__
-from depthprune.errors import DepthpruneError
+from depthprune.errors import NOTE, DepthpruneError
 from depthprune.io.guards.signals import RECEIVED, Terminated, install_sigterm_handler
 from depthprune.io.writer import forget_all
 
@@ -90,7 +90,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.addLevelName(NOTE, "note")
+    logging.basicConfig(level=logging.DEBUG if debug else NOTE, format="%(levelname)s %(name)s: %(message)s")
 
 
 def progress_enabled() -> bool:

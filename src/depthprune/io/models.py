@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from depthprune.errors import DepthpruneError
+from depthprune.errors import NOTE, DepthpruneError
 from depthprune.io.guards.model_files import check_causal_decoder, check_model_dir, diagnose_load_failure, first_line, remote_code_refusal
 from depthprune.io.guards.network import require_hub
 from depthprune.io.guards.settings import check_device
@@ -189,7 +189,8 @@ def _cached_demo(alias: str, dtype: torch.dtype, device: str):
     target = cache_root() / "models" / alias
     if not (target / "config.json").is_file():
         gguf = demo.locate()
-        log.info("first use of %s: dequantizing %s and caching it at %s", alias, gguf, target)
+        log.log(NOTE, "first use of %s: dequantizing %s once and caching the float32 copy at %s (set "
+                "DEPTHPRUNE_CACHE to put it elsewhere)", alias, gguf, target)
         model, tokenizer = _load_gguf(gguf, torch.float32, "cpu")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=target.parent))
@@ -200,6 +201,8 @@ def _cached_demo(alias: str, dtype: torch.dtype, device: str):
                 shutil.rmtree(tmp)
             else:
                 os.replace(tmp, target)
+                size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+                log.log(NOTE, "cached %s (%.0f MB); later runs load it directly", target, size / 1e6)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
