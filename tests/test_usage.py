@@ -134,3 +134,21 @@ def test_tables_are_not_squeezed_into_80_columns_when_output_is_a_pipe(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     row = [line for line in out.splitlines() if "hellaswag" in line]
     assert len(row) == 1 and "0.3987 ± 0.0124" in row[0] and "validation.jsonl" in row[0], out
+
+
+def test_help_lists_the_allowed_values_and_long_defaults_from_the_declaration():
+    """Every choice a field accepts (its Literal type) and a default too long for typer's column appear in --help;
+    bracketed text is escaped so rich does not swallow it as markup."""
+    import subprocess
+    import sys
+
+    from test_hostile import subprocess_env
+
+    out = subprocess.run([sys.executable, "-m", "depthprune", "sweep", "--help"], capture_output=True, text=True,
+                         env={**subprocess_env(), "COLUMNS": "400"}, check=True).stdout
+    metrics = next(line for line in out.splitlines() if "--metrics" in line)
+    for name in ("bi", "angular-all", "relative-magnitude", "reverse-order", "random", "ppl", "taylor"):
+        assert name in metrics, metrics
+    assert "Default: bi,angular,relative-magnitude" in metrics, metrics
+    strategies = next(line for line in out.splitlines() if "--strategies" in line)
+    assert "laco" in strategies and "greedy-ppl" in strategies, strategies

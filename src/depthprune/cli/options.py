@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from depthprune.errors import DepthpruneError
 from depthprune.recipe.schema import SECTIONS, VALIDATING, Recipe, command_defaults, field_info, validation_sentence
@@ -36,9 +37,27 @@ def _scalar(annotation) -> tuple[Any, bool]:
     return str, False
 
 
-def _help(info: dict, command: str) -> str:
+def _choices(annotation) -> list[str]:
+    """The allowed values of a Literal field (or a list of Literals), from its annotation."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Union and len(args) == 1 or origin is list:
+        return _choices(args[0])
+    return [str(a) for a in args] if origin is typing.Literal else []
+
+
+def _help(info: dict, command: str, default_value, default_shown: bool) -> str:
+    """The declared help, completed from the declaration itself: the allowed values where the text does not list
+    them all, and a default too long for typer's own column. Brackets are escaped: rich would read "[...]" as
+    markup and drop it."""
     override = info["commands"].get(command) or {}
-    return override.get("help") or info["help"]
+    text = override.get("help") or info["help"]
+    choices = _choices(info["annotation"])
+    if choices and not all(c in text for c in choices):
+        text = f"{text.rstrip()} Choices: {', '.join(choices)}."
+    if not default_shown and default_value not in (None, ""):
+        text = f"{text.rstrip()} Default: {default_value}."
+    return escape(text)
 
 
 def recipe_parameters(command: str) -> list[inspect.Parameter]:
@@ -64,7 +83,7 @@ def recipe_parameters(command: str) -> list[inspect.Parameter]:
                 default_value, annotation = default, (Optional[kind] if default is None else kind)
             if isinstance(default_value, str) and len(default_value) > 40:
                 show = False
-            option = typer.Option(default_value, flag, help=_help(info, command),
+            option = typer.Option(default_value, flag, help=_help(info, command, default_value, show),
                                   metavar=override.get("metavar") or info.get("metavar"), show_default=show)
             params.append(inspect.Parameter(f"{section}{PARAM_SEPARATOR}{name}", inspect.Parameter.KEYWORD_ONLY,
                                             annotation=annotation, default=option))

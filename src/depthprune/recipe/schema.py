@@ -167,15 +167,13 @@ class SelectionRecipe(Section):
 class SweepRecipe(Section):
     """``depthprune sweep``: which metric/strategy lines and which removal counts."""
 
-    metrics: list[Metric] = opt(None, "Comma-separated metrics [default: bi, angular, relative-magnitude, ppl, "
-                                "taylor, reverse-order, random].", stage="sweep", parse="csv", metavar="NAMES",
+    metrics: list[Metric] = opt(None, "Comma-separated metrics, one sweep line each.", stage="sweep", parse="csv", metavar="NAMES",
                                 commands=("sweep",), min_length=1,
                                 default_factory=lambda: ["bi", "angular", "relative-magnitude", "ppl", "taylor",
                                                          "reverse-order", "random"])
-    strategies: list[Strategy] = opt(None, "Comma-separated strategies: one-shot, iterative, block, greedy-ppl, "
-                                     "laco.", stage="sweep", parse="csv", metavar="NAMES", commands=("sweep",),
+    strategies: list[Strategy] = opt(None, "Comma-separated strategies, one sweep line each.", stage="sweep", parse="csv", metavar="NAMES", commands=("sweep",),
                                      min_length=1, default_factory=lambda: ["one-shot"])
-    max_remove: Optional[int] = opt(None, "Remove 1..N layers.", stage="sweep", ge=1, metavar="N",
+    max_remove: Optional[int] = opt(None, "Remove 1..N layers (give this or --counts).", stage="sweep", ge=1, metavar="N",
                                     commands=("sweep",))
     counts: Optional[list[int]] = opt(None, "Instead of --max-remove: comma-separated layer counts.", stage="sweep",
                                       parse="csv-int", metavar="N1,N2,..", commands=("sweep",), min_length=1)
