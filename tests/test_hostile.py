@@ -479,6 +479,10 @@ def test_hub_without_network_is_one_sentence(work, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip() and "torchao" not in line
              and not line.startswith(("W1", "Failed"))]
     assert len(lines) == 1 and "cannot be reached" in lines[0] and "HF_HUB_OFFLINE" in lines[0], result.stderr
+    # tasks have a way round the Hub: the sentence names it
+    result = run_cli("eval", model, "--tasks", "arc_easy", env=env, timeout=300)
+    assert result.returncode == 2 and "cannot be reached" in result.stderr, result.stderr
+    assert "--data-dir DIR" in result.stderr and "tests/fixtures/data" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- data: nulls, memory, 'self'

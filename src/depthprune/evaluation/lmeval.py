@@ -76,11 +76,12 @@ def _check_online_tasks(names: list[str], flag: str) -> None:
         if name not in STANDARD_TASKS and not _lm_eval_mentions(name):
             raise DepthpruneError(f"unknown task '{name}': lm-eval has no task of that name "
                                   f"(offline tasks with {flag}: {', '.join(STANDARD_TASKS)})")
+    local = (f"give local copies with {flag} DIR (layout in docs/lmeval-tasks.md; tests/fixtures/data in a clone of "
+             "depthprune is a small one)")
     if hub_offline():
         raise DepthpruneError(f"tasks {', '.join(names)} need their data, and the Hub is switched off "
-                              f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE): give local copies with {flag} DIR (layout in "
-                              "docs/lmeval-tasks.md; tests/fixtures/data in a clone of depthprune is a small one)")
-    require_hub(f"tasks {', '.join(names)}")
+                              f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE): {local}")
+    require_hub(f"tasks {', '.join(names)}", instead=f", {local}")
 
 
 def evaluate_tasks(model, tokenizer, tasks: str | list[str], *, data_dir: str | None = None,

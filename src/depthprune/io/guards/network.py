@@ -26,10 +26,11 @@ def hub_endpoint() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
-def require_hub(what: str) -> None:
+def require_hub(what: str, instead: str = "") -> None:
     """Raise one sentence when ``what`` (e.g. "dataset 'hf:pg19'") needs the Hub and it cannot be reached.
 
-    When offline mode is on, the libraries themselves answer from the local cache (quickly).
+    When offline mode is on, the libraries themselves answer from the local cache (quickly). ``instead`` names the
+    way to do without the Hub, where there is one (", or give ...").
     """
     if hub_offline():
         return
@@ -40,6 +41,6 @@ def require_hub(what: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise DepthpruneError(
-            f"{what} needs the Hugging Face Hub, but {host}:{port} cannot be reached ({reason}); check the network, "
-            "or set HF_HUB_OFFLINE=1 to use only what is already in the local cache"
+            f"{what} needs the Hugging Face Hub, but {host}:{port} cannot be reached ({reason}); check the network"
+            f"{instead}, or set HF_HUB_OFFLINE=1 to use only what is already in the local cache"
         ) from None
