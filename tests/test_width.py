@@ -211,3 +211,21 @@ def test_heads_cli_rejects_bad_unit_before_loading(tmp_path, capsys):
         main(["heads", "no-such-model", "--units", "neuron", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
     assert "unknown head unit 'neuron'" in capsys.readouterr().err
+
+
+def test_the_announced_heads_cost_counts_the_layer_calls_the_scores_make():
+    """The up-front estimate (full forward passes) against the decoder-layer calls the masked-loss scores really
+    make, counted by the runner: layer skips plus every unit of both kinds, per half."""
+    from depthprune.importance.heads import masked_loss_passes
+    from depthprune.importance.loss_metrics import CachedLayerRunner
+
+    model = tiny_model("llama")
+    geo = geometry(model)
+    runner = CachedLayerRunner(model, dp.from_tensors(*batch(n=2)), batch_size=2, progress=False)
+    for i in range(geo.num_layers):
+        runner.loss_without(i)
+    for unit in ("group", "query"):
+        loss_increase(model, runner.calibration, unit, runner=runner, progress=False)
+    full_passes = 1 + runner.layer_runs / geo.num_layers  # the capture pass, then the re-runs
+    estimate = masked_loss_passes(geo, ("group", "query"))
+    assert abs(estimate - full_passes) / full_passes < 0.2, (estimate, full_passes)

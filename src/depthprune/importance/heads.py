@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from depthprune.io.data import CalibrationSet
-from depthprune.errors import DepthpruneError
+from depthprune.errors import NOTE, DepthpruneError
 from depthprune.importance.loss_metrics import CachedLayerRunner
 from depthprune.arch.layout import input_device
 from depthprune.arch.heads import HeadGeometry, attention_modules, geometry, masked_heads
@@ -221,6 +222,21 @@ def split_halves(calibration: CalibrationSet) -> tuple[CalibrationSet, Calibrati
             CalibrationSet(ids[1::2], mask[1::2], {**settings, "half": "odd rows"}))
 
 
+def masked_loss_passes(geo: HeadGeometry, units: Sequence[str]) -> float:
+    """Full forward passes (over one half of the calibration) the masked-loss scores cost: each masked unit and each
+    skipped layer reruns the layers from its own to the last, (L + 1) / 2 layers on average, of L."""
+    masked = 1 + sum(unit_count(u, geo) for u in units)  # the layer itself, then each of its units
+    return 1 + masked * (geo.num_layers + 1) / 2
+
+
+def _announce_cost(seconds_per_pass: float, geo: HeadGeometry, units: Sequence[str], sequences: int) -> None:
+    passes = masked_loss_passes(geo, units)
+    total = 2 * passes * seconds_per_pass  # two halves
+    log.log(NOTE, "heads: the masked-loss scores cost about %.0f forward passes over each half (%d sequences); the "
+            "first (caching every layer's input) took %.1f s, so about %s for both halves", passes, sequences, seconds_per_pass,
+            f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s")
+
+
 def head_report(model: nn.Module, calibration: CalibrationSet, *, metrics: Sequence[str] = HEAD_METRICS,
                 units: Sequence[str] = UNITS, batch_size: int = 8, source: str = "",
                 progress: bool = True) -> HeadReport:
@@ -241,7 +257,10 @@ def head_report(model: nn.Module, calibration: CalibrationSet, *, metrics: Seque
             for u, m in oproj_norms(model, half, units, batch_size=batch_size, progress=progress).items():
                 scores.setdefault(f"oproj-norm/{u}", {})[tag] = m
         if "loss" in metrics:
-            runner = CachedLayerRunner(model, half, batch_size=batch_size, progress=progress)
+            started = time.perf_counter()
+            runner = CachedLayerRunner(model, half, batch_size=batch_size, progress=progress)  # one full pass
+            if tag == "a":
+                _announce_cost(time.perf_counter() - started, geo, units, len(half))
             dense = runner.loss_without(None)
             layer_scores["loss"][tag] = [runner.loss_without(i) - dense for i in range(geo.num_layers)]
             for u in units:
