@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from rich.markup import escape
 
 from depthprune.cli.options import recipe_parameters
 from depthprune.errors import DepthpruneError
@@ -52,4 +53,8 @@ def test_every_field_of_a_command_is_exactly_one_cli_option(command):
     assert len(set(flags)) == len(flags), "two fields share a flag"
     for (section, name), option in zip(command_fields(command), declared):
         info = field_info(SECTIONS[section], name)
-        assert option.help == ((info["commands"][command] or {}).get("help") or info["help"])
+        declared = (info["commands"][command] or {}).get("help") or info["help"]
+        # the declared text, then only what the declaration itself adds (allowed values, a long default)
+        assert option.help.startswith(escape(declared).rstrip()), (option.help, declared)
+        extra = option.help[len(escape(declared).rstrip()):]
+        assert extra == "" or extra.startswith((" Choices: ", " Default: ")), extra
