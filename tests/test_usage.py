@@ -149,6 +149,6 @@ def test_help_lists_the_allowed_values_and_long_defaults_from_the_declaration():
     metrics = next(line for line in out.splitlines() if "--metrics" in line)
     for name in ("bi", "angular-all", "relative-magnitude", "reverse-order", "random", "ppl", "taylor"):
         assert name in metrics, metrics
-    assert "Default: bi,angular,relative-magnitude" in metrics, metrics
+    assert "Default: bi, angular, relative-magnitude" in metrics, metrics
     strategies = next(line for line in out.splitlines() if "--strategies" in line)
     assert "laco" in strategies and "greedy-ppl" in strategies, strategies

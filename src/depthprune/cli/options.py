@@ -55,8 +55,8 @@ def _help(info: dict, command: str, default_value, default_shown: bool) -> str:
     choices = _choices(info["annotation"])
     if choices and not all(c in text for c in choices):
         text = f"{text.rstrip()} Choices: {', '.join(choices)}."
-    if not default_shown and default_value not in (None, ""):
-        text = f"{text.rstrip()} Default: {default_value}."
+    if not default_shown and default_value not in (None, ""):  # spaced, so that a narrow terminal can wrap it
+        text = f"{text.rstrip()} Default: {str(default_value).replace(',', ', ')}."
     return escape(text)
 
 
