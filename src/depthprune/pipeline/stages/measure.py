@@ -38,14 +38,19 @@ def _tasks(state: RunState, model, role: str) -> dict:
                           trust_remote_code=rec.runtime.trust_remote_code, **ev.task_options(batch))
 
 
-def evaluate_dense(state: RunState) -> None:
+def _measure(state: RunState, model, ppl_key: str, role: str) -> None:
+    """The perplexity and/or task accuracy the recipe asks for, of ``model``, recorded under ``ppl_key``/``role``."""
     ev = state.recipe.evaluation
     if ev.ppl is not None:
         with state.timed("perplexity"):
-            state.perplexity["dense"] = _ppl(state, state.model)
+            state.perplexity[ppl_key] = _ppl(state, model)
     if ev.tasks is not None:
         with state.timed("tasks"):
-            state.evals = {"dense": _tasks(state, state.model, "dense")}
+            state.evals = {**(state.evals or {}), role: _tasks(state, model, role)}
+
+
+def evaluate_dense(state: RunState) -> None:
+    _measure(state, state.model, "dense", "dense")
 
 
 def evaluate_unrepaired(state: RunState) -> None:
@@ -55,15 +60,9 @@ def evaluate_unrepaired(state: RunState) -> None:
 
 def evaluate_pruned(state: RunState) -> None:
     rec = state.recipe
-    ev = rec.evaluation
-    if ev.ppl is not None:
-        with state.timed("perplexity"):
-            state.perplexity["pruned"] = _ppl(state, state.pruned)
-        if state.repair is not None and rec.quantization.method is None:  # quantized: not comparable
-            state.repair["heldout"] = heldout_verdict(state.perplexity)
-    if ev.tasks is not None:
-        with state.timed("tasks"):
-            state.evals = {**(state.evals or {}), "pruned": _tasks(state, state.pruned, "pruned")}
+    _measure(state, state.pruned, "pruned", "pruned")
+    if rec.evaluation.ppl is not None and state.repair is not None and rec.quantization.method is None:
+        state.repair["heldout"] = heldout_verdict(state.perplexity)  # quantized: not comparable
 
 
 def heldout_verdict(ppl: dict) -> dict | None:
@@ -83,13 +82,8 @@ def heldout_verdict(ppl: dict) -> dict | None:
 def evaluate(state: RunState) -> None:
     """``depthprune eval``: perplexity and/or task accuracy of one model."""
     ev = state.recipe.evaluation
-    if ev.ppl is not None:
-        with state.timed("perplexity"):
-            state.perplexity["model"] = _ppl(state, state.model)
-    if ev.tasks is not None:
-        role = state.plan.outputs[0].path.name.split("-", 1)[0] if state.plan.outputs else (ev.role or "dense")
-        with state.timed("tasks"):
-            state.evals = {role: _tasks(state, state.model, role)}
+    role = state.plan.outputs[0].path.name.split("-", 1)[0] if state.plan.outputs else (ev.role or "dense")
+    _measure(state, state.model, "model", role)
 
 
 def bench_pruned(state: RunState) -> None:
