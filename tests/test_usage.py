@@ -43,7 +43,10 @@ def assert_usage_error(result, usage: str, *fragments: str) -> None:
     (["frobnicate"], "depthprune [OPTIONS] COMMAND", ["No such command 'frobnicate'"]),
     (["prnue", "m"], "depthprune [OPTIONS] COMMAND", ["No such command 'prnue'", "prune"]),
     (["score", "m", "--out"], "depthprune score", ["--out"]),
-], ids=["unknown-option", "missing-argument", "ratio-abc", "unknown-command", "typo-command", "option-no-value"])
+    (["prune", "m"], "depthprune prune", ["Missing option '--out'"]),
+    (["repair", "m"], "depthprune repair", ["Missing option '--out'"]),
+], ids=["unknown-option", "missing-argument", "ratio-abc", "unknown-command", "typo-command", "option-no-value",
+        "missing-out", "missing-out-repair"])
 def test_usage_mistakes(args, usage, fragments):
     assert_usage_error(run(*args), usage, *fragments)
 

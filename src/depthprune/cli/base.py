@@ -6,6 +6,7 @@ User errors are one sentence on stderr and exit 2; Ctrl-C exits 130 and SIGTERM 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -13,8 +14,10 @@ import signal
 import sys
 import traceback
 
+import tqdm.std as tqdm_std
 import typer
 from rich.console import Console
+from transformers.utils import logging as hf_logging
 from rich.text import Text
 
 from depthprune._version import __version__
@@ -84,14 +87,27 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
                                        help="Print the version and exit.")) -> None:
     STATE["debug"] = debug
     STATE["progress"] = not quiet
-    if quiet:  # every bar: ours, transformers' (loading, GGUF dequantization), datasets', lm-eval's
-        os.environ["TQDM_DISABLE"] = "1"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    if quiet:
+        _silence_progress_bars()
     logging.addLevelName(NOTE, "note")
     logging.basicConfig(level=logging.DEBUG if debug else NOTE, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _silence_progress_bars() -> None:
+    """Every bar off: ours, transformers' (loading, GGUF dequantization), the Hub's, datasets' and lm-eval's.
+
+    tqdm reads ``TQDM_DISABLE`` only when it is first imported, which has happened by the time a command runs
+    (importing this package imports torch, which imports tqdm), so the variable alone is not enough: the
+    default of ``disable`` on tqdm's base class is switched as well, which every ``tqdm.auto``/``tqdm.std``
+    subclass inherits. The variables still reach subprocesses.
+    """
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if not getattr(tqdm_std.tqdm.__init__, "_depthprune_quiet", False):
+        quiet_init = functools.partialmethod(tqdm_std.tqdm.__init__, disable=True)
+        quiet_init._depthprune_quiet = True  # type: ignore[attr-defined]
+        tqdm_std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    hf_logging.disable_progress_bar()
 
 
 def progress_enabled() -> bool:

@@ -174,6 +174,11 @@ def output_marker(command: str, files: Iterable[str] = ()) -> dict:
 # --------------------------------------------------------------------------------------------- declared outputs
 
 
+def _absolute(path) -> Path:
+    """``path`` made absolute with ``..`` folded away (``os.path.abspath``; symlinks are left as they are)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 @dataclass
 class OutputSpec:
     """One output of a command, declared before any work.
@@ -191,12 +196,12 @@ class OutputSpec:
     record: Path = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path).expanduser().absolute()
-        self.files = tuple(Path(f).expanduser().absolute() for f in self.files)
+        self.path = _absolute(self.path)
+        self.files = tuple(_absolute(f) for f in self.files)
         if self.record is None:
             self.record = (self.path / DIRECTORY_RECORDS.get(self.command, "depthprune.json")
                            if self.kind == "directory" else (self.files[0] if self.files else self.path))
-        self.record = Path(self.record).expanduser().absolute()
+        self.record = _absolute(self.record)
 
     @property
     def targets(self) -> list[Path]:

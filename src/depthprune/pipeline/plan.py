@@ -362,10 +362,12 @@ def _check_selection(recipe: Recipe, source: ModelSource) -> tuple[int | None, s
 
 
 def _check_repair(recipe: Recipe, source: ModelSource, removed: list[int] | None) -> None:
-    rep = recipe.repair
+    rep, cmd = recipe.repair, recipe.command
+    if cmd == "repair" and not rep.methods:
+        raise DepthpruneError(f"depthprune repair needs {flag_of('repair', 'methods', cmd)} (linear, lora or "
+                              "linear,lora); without one there is nothing to repair")
     if not rep.methods:
         return
-    cmd = recipe.command
     if recipe.selection.strategy == "laco" and recipe.selection.layers is None and "linear" in rep.methods:
         raise DepthpruneError("linear repair fits its map on the unmerged model's activations, which LaCo's merged "
                               "layers no longer produce; use --repair lora with --strategy laco")
