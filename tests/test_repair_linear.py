@@ -194,3 +194,49 @@ def test_auto_ridge_is_the_two_fold_cross_validated_choice():
     best = min(RIDGE_GRID, key=lambda r: (errors[r], RIDGE_GRID.index(r)))
     assert report.runs[0].ridge == best
     assert torch.allclose(maps[0], fit(M, R, best), atol=1e-7)
+
+
+def test_every_block_in_one_pass_equals_its_own_pass_and_its_repaired_error_is_the_cv_residual():
+    from depthprune.repair.linear import RIDGE_GRID, block_runs, collect_statistics, repaired_error
+
+    dense = _model("llama")
+    cal, ids, mask = _calibration(n=6)
+    layers = layout(dense).layers(dense)
+    total = len(layers)
+    runs = block_runs(total, 2)
+    assert [(r.source, r.first, r.last) for r in runs] == [(s - 1, s, s + 1) for s in range(1, total - 1)]
+    together = collect_statistics(dense, cal, runs=runs, batch_size=4, progress=False)
+    # every layer's output and every MLP output by plain hooks (the last layer's output is before the final norm)
+    outputs, mlp = {}, {}
+    spec = fold_spec(dense.config)
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, (o[0] if isinstance(o, tuple)
+                                                                                      else o).detach()))
+               for i, layer in enumerate(layers)]
+    handles += [capture_module(layer, spec).register_forward_hook(
+        lambda m, a, o, i=i: mlp.__setitem__(i, (o[0] if isinstance(o, tuple) else o).detach().clone()))
+        for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        dense(input_ids=ids, attention_mask=mask)
+    for h in handles:
+        h.remove()
+    keep = mask.bool()
+    rows = keep.nonzero()[:, 0]
+    folds = [rows % 2 == 0, rows % 2 == 1]
+    for run in runs:
+        alone = collect_statistics(dense, cal, list(range(run.first, run.last + 1)), batch_size=4, progress=False)
+        acc, ref = together.accumulators[run], alone.accumulators[alone.runs[0]]
+        assert torch.allclose(acc.A, ref.A) and torch.allclose(acc.B, ref.B)   # overlapping runs do not interfere
+        M = mlp[run.source].reshape(*keep.shape, -1)[keep].double()
+        H = outputs[run.source][keep].double() - M
+        Y = outputs[run.last][keep].double()
+        R = Y - H
+        d = M.shape[1]
+
+        def fit(Mf, Rf, ridge):
+            lam = ridge * float((Mf * Mf).sum()) / d
+            eye = torch.eye(d, dtype=torch.float64)
+            return torch.linalg.lstsq(torch.cat([Mf, lam ** 0.5 * eye]), torch.cat([Rf, lam ** 0.5 * eye])).solution
+
+        cv = min(sum(float(((R[h] - M[h] @ fit(M[f], R[f], r)) ** 2).sum()) for f, h in (folds, folds[::-1]))
+                 for r in RIDGE_GRID)
+        assert repaired_error(acc) == pytest.approx(cv / float((Y * Y).sum()), rel=1e-6)

@@ -6,9 +6,9 @@ from rich.table import Table
 from rich.text import Text
 
 from depthprune.cli.base import console
-from depthprune.reporting.tables import speed_table
+from depthprune.reporting.tables import search_table, speed_table
 
-TIMING_ORDER = ("loading", "calibration", "scoring", "surgery", "repair", "quantization", "perplexity", "tasks",
+TIMING_ORDER = ("loading", "calibration", "search", "scoring", "surgery", "repair", "quantization", "perplexity", "tasks",
                 "bench", "sweep", "save")
 
 
@@ -135,3 +135,16 @@ def readback_line(readback: dict | None) -> str | None:
 
 __all__ = ["bench_comparison", "bench_single", "block_table", "footer", "perplexity_table", "readback_line", "score_table", "task_results",
            "timings_line"]
+
+
+def search_summary(search: dict) -> Table:
+    """``prune --auto``: the candidates it measured, as the report shows them."""
+    data = search_table(search)
+    table = Table(title="prune --auto: candidates by validation perplexity (0-based, original numbering)")
+    for col in data.header:
+        table.add_column(col, justify="left" if col in ("selection", "repair", "status", "removed") else "right")
+    for row in data.rows:
+        style = "bold red" if row[-1] == "chosen" else None
+        table.add_row(*[Text(str(c)) for c in row], style=style)
+    table.caption = " ".join(data.notes)
+    return table

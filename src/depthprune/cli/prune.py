@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from depthprune.cli.base import console
-from depthprune.cli.output import bench_comparison, block_table, footer, perplexity_table, score_table, task_results
+from depthprune.cli.output import (bench_comparison, block_table, footer, perplexity_table, score_table,
+                                   search_summary, task_results)
 from depthprune.cli.run import command
 from depthprune.surgery.gguf_cut import gguf_output_paths
 
@@ -13,14 +14,19 @@ def print_prune(state) -> None:
     for note in plan.notes:
         console.print(f"plan: {note}", highlight=False)
     block = report.selection or {}
-    if report.strategy == "block" and block.get("block_scores") is not None:
+    if report.search:
+        console.print(search_summary(report.search))
+        auto = block.get("auto") or {}
+        console.print(f"chosen: {auto.get('selection')} with repair {auto.get('repair')} (validation perplexity "
+                      f"{auto.get('val_ppl')}; dense {report.search['dense']['val_ppl']})", highlight=False)
+    elif report.strategy == "block" and block.get("block_scores") is not None:
         console.print(block_table(block["block_scores"], len(report.removed_layers), block["block_start"],
                                   report.metric))
     elif report.scores:
         console.print(score_table(report.scores, set(report.removed_layers), report.metric))
     if report.strategy == "given":
         console.print("layers given (--layers): nothing was scored", highlight=False)
-    else:
+    elif report.strategy != "auto":
         console.print(f"strategy {report.strategy}, metric {report.metric}", highlight=False)
         if report.selection.get("order") and report.strategy != "block":
             console.print(f"removal order (0-based, original numbering): {report.selection['order']}",

@@ -117,6 +117,8 @@ def _refusal(recipe: Recipe, source: ModelSource, executor: str) -> str | None:
     cmd = rec.command
     if executor == "in-memory":
         return None
+    if rec.search.auto:
+        return "--auto repairs and validates candidate models, which needs the whole model in memory"
     if out.path is None:
         return "it writes its result straight to the output path, and none was given (the result stays in memory)"
     if executor == "gguf-cut":
@@ -220,6 +222,15 @@ def stages_for(recipe: Recipe, executor: str, *, needs_calibration: bool) -> lis
         stages = ["load"]
         if needs_calibration:
             stages.append("calibrate")
+        if recipe.search.auto:  # the search scores, selects, cuts and repairs, candidate by candidate
+            stages.append("search")
+            if recipe.quantization.method:
+                stages.append("quantize")
+            if ev.ppl or ev.tasks:
+                stages += ["evaluate-dense", "evaluate-pruned"]
+            if ev.bench:
+                stages.append("bench")
+            return stages + ["write"]
         if sel.layers is None and sel.scores is None:
             stages.append("score")
         stages.append("select")
@@ -277,7 +288,7 @@ def _check_fields_belong(recipe: Recipe, stages: list[str], given: set[str] = fr
     aliases = {"evaluate": {"evaluate-dense", "evaluate-pruned", "evaluate-unrepaired", "evaluate", "sweep",
                             "head-cut"},
                "calibrate": {"calibrate"}, "score": {"score", "stream", "sweep"},
-               "select": {"select", "sweep"}, "bench": {"bench"}, "repair": {"repair"},
+               "select": {"select", "sweep", "search"}, "bench": {"bench"}, "repair": {"repair", "search"},
                "quantize": {"quantize"}, "sweep": {"sweep"}, "head-score": {"head-score"},
                "head-cut": {"head-cut"}, "write": {"write"}, "load": {"load", "load-repair", "stream"}}
     for section, name in recipe.active_fields():
@@ -359,6 +370,56 @@ def _check_selection(recipe: Recipe, source: ModelSource) -> tuple[int | None, s
             raise DepthpruneError(f"a scores file can drive 'one-shot' (or 'block' with bi/relative-magnitude), not "
                                   f"'{sel.strategy}' with '{metric}', which scores the model itself")
     return count, metric
+
+
+# repair fields --auto cannot honour, and why (the rest, LoRA's rank, lr, seed, ..., apply to its LoRA candidates)
+AUTO_REFUSES = {
+    ("repair", "methods"): "--auto chooses the repair itself; drop it (narrow the choice with --auto-repairs)",
+    ("repair", "objective"): "--auto tries both linear objectives; drop it (narrow the choice with --auto-repairs)",
+    ("repair", "data"): "--auto trains LoRA on the calibration windows it does not validate on, so that no "
+                        "candidate is judged on text it was fitted to; drop it (give more --samples instead)",
+    ("repair", "seq_len"): "--auto trains LoRA on the calibration windows (their length is --seq-len); drop it",
+    ("repair", "eval_every"): "--auto stops LoRA by its budget, not by held-out checks; drop it",
+    ("selection", "layers"): "--auto chooses the layers; give a count (--remove or --ratio) instead",
+    ("selection", "scores"): "--auto scores the model itself; drop --scores",
+    ("selection", "strategy"): "--auto compares several selections itself; drop --strategy",
+    ("selection", "metric"): "--auto compares several selections itself; drop --metric",
+    ("selection", "laco"): "--auto compares several selections itself; drop --laco",
+}
+
+
+def _check_search_fields(recipe: Recipe) -> None:
+    """``prune --auto``: the fields it cannot honour (checked before the model is looked at)."""
+    if not recipe.search.auto:
+        return
+    for section, name in recipe.active_fields():
+        why = AUTO_REFUSES.get((section, name))
+        if why:
+            raise DepthpruneError(f"{flag_of(section, name, recipe.command)}: {why}")
+    if recipe.calibration.data == "self":
+        raise DepthpruneError("--auto validates on held-out calibration text, and 'self' text is the model's own "
+                              "output; give --data a text SPEC")
+
+
+def _check_search(recipe: Recipe, source: ModelSource) -> None:
+    """``prune --auto``: the repairs it can try on this family; one asked for by name and impossible is refused
+    (the default list drops it, and the search records why)."""
+    search = recipe.search
+    if not search.auto:
+        return
+    explicit = ("search", "repairs") in recipe.active_fields()
+    config = _config_view(source)
+    for repair in search.repairs:
+        try:
+            if repair in ("linear", "cosine"):
+                fold_spec(config)
+            if repair == "lora":
+                import peft  # noqa: F401  (an optional dependency: present or not)
+                lora_targets(config)
+        except (DepthpruneError, ImportError) as exc:
+            if explicit:
+                why = "it needs peft: pip install 'depthprune[repair]'" if isinstance(exc, ImportError) else str(exc)
+                raise DepthpruneError(f"--auto-repairs {repair}: {why}") from None
 
 
 def _check_repair(recipe: Recipe, source: ModelSource, removed: list[int] | None) -> None:
@@ -494,6 +555,7 @@ def plan(recipe: Recipe, *, model=None, calibration=None, scores=None, recipe_so
     notes = [f"a recipe file cannot grant {g}: pass the flag to allow it" for g in recipe.file_grants]
     # what needs no model at all is checked before the model is even looked at (a Hub id costs a round trip)
     if cmd in ("prune", "score"):
+        _check_search_fields(recipe)
         _check_selection(recipe, ModelSource(recipe.model, "unknown"))
     if cmd == "sweep":
         combinations(recipe.sweep.metrics, recipe.sweep.strategies)
@@ -538,6 +600,7 @@ def plan(recipe: Recipe, *, model=None, calibration=None, scores=None, recipe_so
         _check_spec(recipe.calibration.data, flag_of("calibration", "data", cmd), allow_self=True)
         inputs.append(recipe.calibration.data)
     _check_repair(recipe, dense or source, removed)
+    _check_search(recipe, dense or source)
     _check_evaluation(recipe)
     for spec in (recipe.repair.data, recipe.evaluation.ppl, recipe.evaluation.data_dir, recipe.bench.compare):
         inputs.append(spec)

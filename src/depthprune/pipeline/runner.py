@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from depthprune.errors import DepthpruneError
 from depthprune.importance.distributed import is_main_process
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 TIMING_KEYS = {"load": "loading", "stream": "loading", "load-repair": "loading", "calibrate": "calibration",
                "score": "scoring", "select": "scoring", "cut": "surgery", "repair": "repair",
                "quantize": "quantization", "bench": "bench", "sweep": "sweep", "head-score": "scoring",
-               "head-cut": "surgery"}
+               "head-cut": "surgery", "search": "search"}
 
 
 def stage_function(name: str, command: str, executor: str):
@@ -39,6 +40,7 @@ def execute(plan: Plan, state: RunState | None = None, **given) -> RunState:
     if state.given_calibration is not None:
         state.calibration = state.given_calibration
     state.extra["main_process"] = is_main_process()
+    state.extra.setdefault("started", time.perf_counter())  # --budget counts from here
     if state.num_layers is None:  # known from the config or GGUF header; stages that load a model set it again
         state.num_layers = plan.source.num_layers
     log.info("%s", plan.describe())

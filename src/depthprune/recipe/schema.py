@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -43,6 +44,7 @@ STRATEGIES = ("one-shot", "iterative", "block", "greedy-ppl", "laco")
 HEAD_METRICS = ("loss", "oproj-norm")
 HEAD_UNITS = ("group", "query")
 REPAIR_METHODS = ("linear", "lora")
+AUTO_REPAIRS = ("none", "linear", "cosine", "lora")
 QUANT_METHODS = ("int8", "int4")
 OUTPUT_FORMATS = ("hf", "gguf")
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -252,6 +254,56 @@ class RepairRecipe(Section):
         return self
 
 
+_DURATION = re.compile(r"^\s*(?:(?P<h>\d+(?:\.\d+)?)\s*h)?\s*(?:(?P<m>\d+(?:\.\d+)?)\s*m(?:in)?)?\s*"
+                       r"(?:(?P<s>\d+(?:\.\d+)?)\s*s?)?\s*$", re.IGNORECASE)
+MAX_BUDGET_S = 7 * 24 * 3600
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration written ``90``, ``90s``, ``20m``, ``1h``, ``1h30m`` or ``1.5h``; ValueError otherwise."""
+    match = _DURATION.match(text or "")
+    if not match or not any(match.group(k) for k in "hms"):
+        raise ValueError(f"--budget must be a duration such as 90s, 20m or 1h30m, got '{text}'")
+    seconds = sum(float(match.group(k) or 0) * f for k, f in (("h", 3600), ("m", 60), ("s", 1)))
+    if not 0 < seconds <= MAX_BUDGET_S:
+        raise ValueError(f"--budget must be more than 0 and at most 7 days, got '{text}'")
+    return seconds
+
+
+class SearchRecipe(Section):
+    """``prune --auto``: which layers go and which repair heals them, searched within a wall-time budget.
+
+    Candidates (removal sets from several selections, each with each repair) are compared on calibration windows
+    held out from every fit: scoring, linear maps and LoRA see only the other windows. The best candidate is saved
+    as a plain checkpoint and the whole search is recorded.
+    """
+
+    auto: bool = opt(False, "Search which layers go and how to repair them within --budget, validated on "
+                     "calibration windows kept out of every fit; saves the best plain checkpoint.", stage="search",
+                     flag="--auto", commands=("prune",))
+    budget: str = opt("20m", "Wall-time budget of --auto: 90s, 20m, 1h30m (loading, search and saving; --eval-* "
+                      "measurements are extra).", stage="search", flag="--budget", metavar="DURATION",
+                      commands=("prune",), min_length=1)
+    validation: float = opt(0.25, "Share of the calibration windows --auto holds out to validate on (at least 2 "
+                            "windows).", stage="search", flag="--auto-validation", gt=0.0, lt=1.0, metavar="F",
+                            commands=("prune",))
+    repairs: list[Literal["none", "linear", "cosine", "lora"]] = opt(
+        None, "Repairs --auto tries: none, linear, cosine, lora (LoRA after the linear map).", stage="search",
+        parse="csv", flag="--auto-repairs", metavar="NAMES", commands=("prune",), min_length=1,
+        default_factory=lambda: list(AUTO_REPAIRS))
+
+    @model_validator(mode="after")
+    def _budget(self):
+        parse_duration(self.budget)
+        if len(set(self.repairs)) != len(self.repairs):
+            raise ValueError(f"a repair is named twice in --auto-repairs: {','.join(self.repairs)}")
+        return self
+
+    @property
+    def budget_seconds(self) -> float:
+        return parse_duration(self.budget)
+
+
 class QuantizationRecipe(Section):
     """Weight-only quantization of the pruned model (torchao; see :mod:`depthprune.quantization`)."""
 
@@ -423,7 +475,7 @@ class RuntimeRecipe(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "calibration": CalibrationRecipe, "selection": SelectionRecipe, "sweep": SweepRecipe, "heads": HeadsRecipe,
-    "repair": RepairRecipe, "quantization": QuantizationRecipe, "evaluation": EvaluationRecipe,
+    "repair": RepairRecipe, "search": SearchRecipe, "quantization": QuantizationRecipe, "evaluation": EvaluationRecipe,
     "bench": BenchRecipe, "output": OutputRecipe, "runtime": RuntimeRecipe,
 }
 
@@ -447,6 +499,7 @@ class Recipe(BaseModel):
     sweep: SweepRecipe = Field(default_factory=SweepRecipe)
     heads: HeadsRecipe = Field(default_factory=HeadsRecipe)
     repair: RepairRecipe = Field(default_factory=RepairRecipe)
+    search: SearchRecipe = Field(default_factory=SearchRecipe)
     quantization: QuantizationRecipe = Field(default_factory=QuantizationRecipe)
     evaluation: EvaluationRecipe = Field(default_factory=EvaluationRecipe)
     bench: BenchRecipe = Field(default_factory=BenchRecipe)

@@ -114,7 +114,7 @@ class _Accumulator:
     def __init__(self, diagonal: bool, keep: int):
         self.diagonal = diagonal
         self.keep = keep
-        self.folds: list[dict] = [{"A": None, "B": None, "rr": 0.0, "n": 0} for _ in range(2)]
+        self.folds: list[dict] = [{"A": None, "B": None, "rr": 0.0, "yy": 0.0, "n": 0} for _ in range(2)]
         self.rows_seen = 0
         self.samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.kept = 0
@@ -138,12 +138,13 @@ class _Accumulator:
     def add(self, m: torch.Tensor, h: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, batch_rows: int) -> None:
         """One batch: ``m, h, y`` are (tokens, d) of real tokens, ``rows`` the batch row of each token."""
         dev = torch.device("cpu") if m.device.type == "mps" else m.device
-        m64, r64 = m.to(dev, torch.float64), (y.to(dev, torch.float64) - h.to(dev, torch.float64))
+        y64 = y.to(dev, torch.float64)
+        m64, r64 = m.to(dev, torch.float64), y64 - h.to(dev, torch.float64)
         fold_of = (rows.to(dev) + self.rows_seen) % 2
         self.rows_seen += batch_rows
         for k, fold in enumerate(self.folds):
             sel = fold_of == k
-            mk, rk = m64[sel], r64[sel]
+            mk, rk, yk = m64[sel], r64[sel], y64[sel]
             if self.diagonal:
                 a, b = (mk * mk).sum(0), (mk * rk).sum(0)
             else:
@@ -151,6 +152,7 @@ class _Accumulator:
             fold["A"] = a if fold["A"] is None else fold["A"] + a
             fold["B"] = b if fold["B"] is None else fold["B"] + b
             fold["rr"] += float((rk * rk).sum())
+            fold["yy"] += float((yk * yk).sum())
             fold["n"] += int(mk.shape[0])
         if self.kept < self.keep:
             take = min(self.keep - self.kept, m.shape[0])
@@ -163,9 +165,14 @@ RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 def choose_ridge(acc: "_Accumulator", grid: Sequence[float] = RIDGE_GRID) -> float:
     """The ridge with the lowest 2-fold cross-validated residual (fit on even sequences, score on odd, and back)."""
+    return _cross_validated(acc, grid)[0]
+
+
+def _cross_validated(acc: "_Accumulator", grid: Sequence[float]) -> tuple[float, float | None]:
+    """(best ridge, its summed held-out squared error over both folds); the error is None with one fold only."""
     f0, f1 = acc.folds
     if f0["n"] == 0 or f1["n"] == 0:
-        return grid[0]
+        return grid[0], None
     best, best_err = grid[0], float("inf")
     for ridge in grid:
         err = 0.0
@@ -174,7 +181,18 @@ def choose_ridge(acc: "_Accumulator", grid: Sequence[float] = RIDGE_GRID) -> flo
             err += _mse_of(held["A"], held["B"], held["rr"], held["n"], T) * held["n"]
         if err < best_err:
             best, best_err = ridge, err
-    return best
+    return best, best_err
+
+
+def repaired_error(acc: "_Accumulator", grid: Sequence[float] = RIDGE_GRID) -> float:
+    """How far the run's successor input stays from its dense value after the best linear map, as a share of its
+    energy: the 2-fold cross-validated ``||Y - (H + M T)||^2 / ||Y||^2`` (scale-free, so runs at different depths
+    compare; in-sample when only one fold holds tokens)."""
+    ridge, err = _cross_validated(acc, grid)
+    if err is None:
+        err = _mse(acc, solve_lstsq(acc.A, acc.B, ridge)) * acc.n
+    yy = acc.folds[0]["yy"] + acc.folds[1]["yy"]
+    return float(max(err, 0.0) / yy) if yy > 0 else float("inf")
 
 
 def solve_lstsq(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -285,19 +303,46 @@ class RunStatistics:
     seconds: float
 
 
-def collect_statistics(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int], *,
-                       keep_tokens: int = 0, batch_size: int = 8, progress: bool = True) -> RunStatistics:
+def collect_statistics(dense: nn.Module, calibration: CalibrationSet, removed: Sequence[int] | None = None, *,
+                       runs: Sequence[Run] | None = None, metrics: Sequence = (), keep_tokens: int = 0,
+                       batch_size: int = 8, progress: bool = True) -> RunStatistics:
     """One streaming pass of the dense model: the normal equations of every removed run's map (plus up to
-    ``keep_tokens`` raw tokens per run, which the cosine objective needs)."""
+    ``keep_tokens`` raw tokens per run, which the cosine objective needs).
+
+    ``runs`` instead of ``removed``: any runs with distinct source layers and distinct last layers, overlapping or
+    not (every candidate block of one size, :func:`block_runs`), each fitted as if it alone were removed.
+    ``metrics``: more :class:`depthprune.importance.metrics.LayerMetric` objects fed by the same pass.
+    """
     spec = fold_spec(dense.config)
-    runs = removed_runs(removed, num_layers(dense.config))
+    if runs is None:
+        runs = removed_runs(removed or [], num_layers(dense.config))
+    runs = list(runs)
+    if len({r.source for r in runs}) != len(runs) or len({r.last for r in runs}) != len(runs):
+        raise DepthpruneError("runs fitted in one pass need distinct source layers and distinct last layers")
     start = time.perf_counter()
     accs = {r: _Accumulator(spec.diagonal, keep_tokens) for r in runs}
     layers = layout(dense).layers(dense)
     with _capture_mlp_outputs(layers, [r.source for r in runs], spec) as captured:
-        tokens = run_layer_metrics(dense, calibration, [_MapFitMetric(runs, captured, accs)],
+        tokens = run_layer_metrics(dense, calibration, [_MapFitMetric(runs, captured, accs), *metrics],
                                    batch_size=batch_size, progress=progress)
     return RunStatistics(runs, accs, spec.diagonal, tokens, time.perf_counter() - start)
+
+
+def block_runs(total: int, n: int, protected: set[int] = frozenset()) -> list[Run]:
+    """Every contiguous block of ``n`` layers that avoids ``protected`` and has a kept layer before it."""
+    return [Run(s - 1, s, s + n - 1) for s in range(1, total - n + 1)
+            if not protected.intersection(range(s, s + n))]
+
+
+def accumulator_bytes(hidden: int, diagonal: bool) -> int:
+    """Memory of one run's sums (two folds of M^T M and M^T R in float64)."""
+    return 2 * 2 * 8 * (hidden if diagonal else hidden * hidden)
+
+
+def statistics_of(stats: RunStatistics, runs: Sequence[Run]) -> RunStatistics:
+    """The part of ``stats`` that covers ``runs`` (a removal set made of runs fitted in a wider pass)."""
+    return RunStatistics(list(runs), {r: stats.accumulators[r] for r in runs}, stats.diagonal, stats.tokens,
+                         stats.seconds)
 
 
 def solve_maps(stats: RunStatistics, *, objective: str = "lstsq", ridge: float | None = None, cosine_steps: int = 30

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -118,7 +119,9 @@ def lora_repair(model: nn.Module, train: CalibrationSet, heldout: CalibrationSet
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=targets)
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
         peft_model.eval()   # no dropout anywhere: deterministic, and the merged model computes what we measured
         params = [p for p in peft_model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)

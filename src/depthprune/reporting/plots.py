@@ -271,3 +271,55 @@ def plot_angular_heatmap(blocks: dict, num_layers: int, path: Path, *, title: st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_search(search: dict, path: Path, *, title: str = "") -> Path:
+    """``prune --auto``: validation perplexity against layers removed (the chosen selection at every count it had
+    time for, and the chosen candidate), and against search time (every candidate, with the best-so-far front)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    dense = (search.get("dense") or {}).get("val_ppl")
+    measured = [c for c in search.get("candidates") or [] if c.get("val_ppl") is not None]
+    chosen = (search.get("candidates") or [None])[search.get("chosen", 0)] if search.get("candidates") else None
+    curve = sorted(search.get("curve") or [], key=lambda p: p["n_removed"])
+    if dense:
+        for ax in (left, right):
+            ax.axhline(dense, color="black", linewidth=0.8, linestyle="--", label="dense")
+    if curve:
+        left.plot([0] + [p["n_removed"] for p in curve], [dense or curve[0]["val_ppl"]] + [p["val_ppl"] for p in curve],
+                  marker="o", color="#1f77b4", label=f"{curve[0]['selection']}, no repair")
+    for cand in measured:
+        left.scatter(len(cand["removed"]), cand["val_ppl"], color="#bbbbbb", s=14, zorder=2)
+    if chosen is not None and chosen.get("val_ppl") is not None:
+        left.scatter(len(chosen["removed"]), chosen["val_ppl"], color="#d62728", s=50, zorder=3,
+                     label=f"chosen: {chosen['selection']}, {chosen['repair']}")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("layers removed")
+    left.set_ylabel("validation perplexity (log)")
+    left.set_yscale("log")
+    left.legend(fontsize=7)
+    left.set_title("quality against layers removed", fontsize=10)
+    order = sorted(measured, key=lambda c: c.get("finished_at") or 0.0)
+    xs = [c.get("finished_at") or 0.0 for c in order]
+    colors = {"none": "#7f7f7f", "linear": "#1f77b4", "cosine": "#9467bd"}
+    right.scatter(xs, [c["val_ppl"] for c in order], s=18, zorder=2,
+                  c=[colors.get(c["repair"], "#2ca02c") for c in order])
+    front, best = [], float("inf")
+    for x, c in zip(xs, order):
+        best = min(best, c["val_ppl"])
+        front.append(best)
+    if order:
+        right.step(xs, front, where="post", color="#d62728", label="best so far")
+    for name, color in (("none", "#7f7f7f"), ("linear", "#1f77b4"), ("cosine", "#9467bd"), ("+lora", "#2ca02c")):
+        right.scatter([], [], color=color, s=18, label=name)
+    right.set_xlabel("search time (s)")
+    right.set_yscale("log")
+    right.legend(fontsize=7)
+    right.set_title(f"quality against time (budget {search.get('budget', '?')})", fontsize=10)
+    fig.suptitle(title or "prune --auto: validation perplexity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -64,6 +64,7 @@ class PruneReport:
     executor: str | None = None  # in-memory, on-disk, layer-streamed or gguf-cut (pipeline.plan.EXECUTORS)
     scale: dict | None = None  # layer streaming statistics / torchrun world size (when used)
     readback: dict | None = None  # what the read-back check of the written output measured (io.readback)
+    search: dict | None = None  # prune --auto: the budget, the validation split and every candidate it measured
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -27,8 +27,9 @@ from typing import Sequence
 
 from depthprune.errors import DepthpruneError
 from depthprune.reporting.card import ENV, model_card
-from depthprune.reporting.plots import plot_layer_scores, plot_quality, plot_speed
-from depthprune.reporting.tables import workload_noise, Table, eval_tasks, quality_table, speed_table, task_rows
+from depthprune.reporting.plots import plot_layer_scores, plot_quality, plot_search, plot_speed
+from depthprune.reporting.tables import (workload_noise, Table, eval_tasks, quality_table, search_table, speed_table,
+                                         task_rows)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ METRIC_WHY = {
     "bi": "Block Influence (ShortGPT, arXiv 2403.03853): BI = 1 - mean cosine similarity between a layer's "
           "input and output hidden states over the calibration tokens. A low BI means the layer barely "
           "changes the residual stream, so the layers with the lowest BI were removed.",
+    "repaired-error": "`prune --auto` compared removal sets, each with several repairs, by their perplexity on "
+                      "calibration windows no fit saw (the search table below), and kept the best. Its removal set "
+                      "came from repair-aware selection: the contiguous block whose successor's input the linear "
+                      "map reproduces best (cross-validated relative error), not the block that changes the "
+                      "residual stream least.",
 }
 
 
@@ -280,6 +286,9 @@ def _make_plots(inputs: ReportInputs, folder: Path) -> dict[str, Path]:
     if ppl_pair or tasks:
         source = ((ppl.get("dense") or {}).get("settings") or {}).get("source", "")
         out["quality"] = plot_quality(ppl_pair, tasks, folder / "report_quality.png", ppl_source=source)
+    if prune.get("search"):
+        out["search"] = plot_search(prune["search"], folder / "report_search.png",
+                                    title=f"{prune.get('model')}: prune --auto, validation perplexity")
     if inputs.bench:
         rows = []
         for r in inputs.bench["ratios"]["workloads"].values():
@@ -314,7 +323,8 @@ def render_markdown(inputs: ReportInputs, images: dict[str, str]) -> str:
     return ENV.get_template("report.md.j2").render(
         **_context(inputs), images=images, removed_table=_removed_table(inputs.prune).to_markdown(),
         quality=quality_table(inputs.prune, inputs.evals).to_markdown(),
-        speed=speed.to_markdown() if speed is not None else None, versions=_versions_table(inputs).to_markdown())
+        speed=speed.to_markdown() if speed is not None else None, versions=_versions_table(inputs).to_markdown(),
+        search=search_table(inputs.prune["search"]).to_markdown() if inputs.prune.get("search") else None)
 
 
 CSS = """
@@ -341,7 +351,8 @@ def render_html(inputs: ReportInputs, images: dict[str, Path]) -> str:
     return ENV.get_template("report.html.j2").render(
         **_context(inputs), images={name: _data_uri(path) for name, path in images.items()}, css=CSS,
         removed_table=_removed_table(inputs.prune), quality=quality_table(inputs.prune, inputs.evals),
-        speed=speed_table(inputs.bench), versions=_versions_table(inputs))
+        speed=speed_table(inputs.bench), versions=_versions_table(inputs),
+        search=search_table(inputs.prune["search"]) if inputs.prune.get("search") else None)
 
 
 def render_report(inputs: ReportInputs, folder: Path, *, out: Path | None = None) -> list[str]:

@@ -214,3 +214,25 @@ def speed_table(bench: dict | None) -> Table | None:
              f"Memory: {base.get('memory_method', '?')}."]
     a, b = (bench.get("labels") or ["dense", "pruned"])[:2]
     return Table("Speed", ["workload", f"{a} tok/s", f"{b} tok/s", "time ratio", "ideal (FLOPs)"], rows, notes)
+
+
+def search_table(search: dict) -> Table:
+    """``prune --auto``: every candidate the search measured or skipped, in the order it ran; the chosen one marked."""
+    dense = (search.get("dense") or {}).get("val_ppl")
+    chosen = search.get("chosen")
+    rows = []
+    for i, cand in enumerate(search.get("candidates") or []):
+        ppl = cand.get("val_ppl")
+        ratio = f"{ppl / dense:.2f}" if isinstance(ppl, (int, float)) and dense else "-"
+        status = "chosen" if i == chosen else cand.get("status", "")
+        rows.append([cand.get("selection", "?"), ",".join(str(x) for x in cand.get("removed") or []),
+                     cand.get("repair", "?"), f"{ppl:.3f}" if isinstance(ppl, (int, float)) else "-", ratio,
+                     f"{cand['seconds']:.1f}" if cand.get("seconds") else "-", status])
+    val, fit = search.get("validation") or {}, search.get("fit") or {}
+    notes = [f"Validation: {val.get('windows', '?')} calibration windows ({val.get('tokens', '?')} tokens) that no fit "
+             f"saw; fits used the other {fit.get('windows', '?')} ({fit.get('tokens', '?')} tokens). Dense validation "
+             f"perplexity {dense if dense is not None else '?'}.",
+             f"Budget {search.get('budget', '?')}: the search took {search.get('search_seconds', '?')} s."]
+    notes += [f"Not tried: {s}" for s in search.get("skipped") or []]
+    return Table("search (--auto)", ["selection", "removed", "repair", "validation ppl", "x dense", "seconds",
+                                     "status"], rows, notes)

@@ -39,7 +39,7 @@ SCORED_BY_STRATEGY = ("greedy-ppl", "laco")  # these strategies measure the mode
 # --------------------------------------------------------------------------------------------- score
 
 
-def _count(state: RunState) -> int:
+def removal_count_of(state: RunState) -> int:
     count = state.plan.removal_count
     if count is None:  # the layer count was only known once loaded
         sel = state.recipe.selection
@@ -59,7 +59,7 @@ def score(state: RunState) -> None:
                                    or (sel.strategy == "iterative" and metric == "ppl")):
         return  # chosen by the strategy's own loss measurements in the select stage
     if rec.command == "prune":
-        block_sizes = (_count(state),) if sel.strategy == "block" and metric.startswith("angular") else (1,)
+        block_sizes = (removal_count_of(state),) if sel.strategy == "block" and metric.startswith("angular") else (1,)
     else:
         block_sizes = tuple(sel.block_sizes or (1,))
     state.scores = compute_scores(state.model, state.calibration, [metric], batch_size=cal.batch_size, seed=cal.seed,
@@ -125,7 +125,7 @@ def select_layers(state: RunState) -> None:
     elif state.model is None:  # layer-streamed scores
         _choose_from(state, plan.metric)
     else:
-        chosen, first = select(state.model, state.calibration, _count(state), metric=plan.metric,
+        chosen, first = select(state.model, state.calibration, removal_count_of(state), metric=plan.metric,
                                strategy=sel.strategy, protect_first=sel.protect_first,
                                protect_last=sel.protect_last, batch_size=cal.batch_size, seed=cal.seed,
                                precomputed={plan.metric: state.scores} if state.scores is not None else None,
@@ -147,7 +147,7 @@ def _by_score(removed: list[int], scores: MetricScores | None) -> list[int]:
 
 def _choose_from(state: RunState, metric: str) -> None:
     sel = state.recipe.selection
-    chosen = choose_from_scores(state.scores.scores, _count(state), metric=metric, strategy=sel.strategy,
+    chosen = choose_from_scores(state.scores.scores, removal_count_of(state), metric=metric, strategy=sel.strategy,
                                 protect_first=sel.protect_first, protect_last=sel.protect_last)
     state.selection = chosen
     state.removed, state.order, state.details = chosen.removed, chosen.order, {**state.details, **chosen.details}
@@ -225,7 +225,6 @@ def cut(state: RunState) -> None:
     """The pruned model in memory (layers removed; LaCo: merged, then removed), checked against a rebuild of its
     own config (each kept layer must have the structure of the layer it came from)."""
     model = state.model
-    keep = [i for i in range(state.num_layers) if i not in set(state.removed)]
     state.params_before = parameter_count(model)
     keep_dense = keeps_dense(state)
     if state.selection is not None and state.selection.strategy == "laco":
@@ -233,9 +232,16 @@ def cut(state: RunState) -> None:
     else:
         state.pruned = pruned_copy(model, state.removed) if keep_dense else remove_layers(model, state.removed)
     state.dense = model if keep_dense else None
+    check_kept_layers(state)
+
+
+def check_kept_layers(state: RunState) -> None:
+    """The pruned model against a rebuild of its own config: each kept layer must have the structure of the layer
+    it came from (one sentence naming the first difference)."""
+    kept = state.num_layers - len(set(state.removed))
     problems = structure_mismatches(state.pruned, meta_skeleton(state.pruned.config,
                                                                  state.recipe.runtime.trust_remote_code),
-                                    list(range(len(keep))))
+                                    list(range(kept)))
     if problems:
         raise DepthpruneError(f"removing layers {state.removed} would change the kept layers: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -285,4 +291,4 @@ def quantize(state: RunState) -> None:
 STAGES = {"score": score, "select": select_layers, "cut": cut, "repair": repair, "quantize": quantize,
           ("select", "score"): preview}
 
-__all__ = ["STAGES", "cut", "keeps_dense", "preview", "quantize", "read_scores", "repair", "score", "select_layers"]
+__all__ = ["STAGES", "check_kept_layers", "removal_count_of", "cut", "keeps_dense", "preview", "quantize", "read_scores", "repair", "score", "select_layers"]

@@ -21,7 +21,7 @@ from depthprune.io.writer import OutputSpec, Staging, transaction, weights_bytes
 from depthprune.pipeline.state import RunState, source_info
 from depthprune.reporting.card import model_card
 from depthprune.reporting.head_plots import plot_head_heatmaps
-from depthprune.reporting.plots import plot_layer_scores
+from depthprune.reporting.plots import plot_layer_scores, plot_search
 from depthprune.reporting.records import PruneReport, ScoreReport
 from depthprune.reporting.sweep_files import render_sweep
 from depthprune.reporting.report import load as load_report_inputs, read_evals, render_report
@@ -88,15 +88,18 @@ def prune_record(state: RunState) -> PruneReport:
     model = state.model
     model_type = plan.source.model_type or (getattr(model.config, "model_type", None) if model is not None else None)
     strategy = "given" if rec.selection.layers is not None else rec.selection.strategy
+    metric = plan.metric or "given"
+    if rec.search.auto:
+        strategy, metric = "auto", state.extra["metric"]
     return PruneReport(
-        model=model_name(state), model_type=model_type, metric=plan.metric or "given", strategy=strategy,
+        model=model_name(state), model_type=model_type, metric=metric, strategy=strategy,
         removed_layers=removed, kept_layers=[i for i in range(total) if i not in set(removed)],
         num_layers_before=total, num_layers_after=total - len(removed), params_before=state.params_before or 0,
         params_after=state.extra.get("params_after", 0), scores=scores, calibration=calibration,
         protect_first=rec.selection.protect_first, protect_last=rec.selection.protect_last,
         perplexity=dict(state.perplexity), selection={"order": state.order, **state.details},
         command=state.command_line, recipe=rec.to_json(), repair=state.repair, source=source_info(state),
-        timings=state.timings, executor=plan.executor, scale=state.scale)
+        timings=state.timings, executor=plan.executor, scale=state.scale, search=state.extra.get("search"))
 
 
 def _evidence(staging: Staging, root: Path, state: RunState) -> dict | None:
@@ -114,6 +117,9 @@ def _card_evals(staged: Path, record: dict) -> dict | None:
 
 
 def _plot_scores(path: Path, record: dict) -> None:
+    if record.get("search"):
+        plot_search(record["search"], path.with_name("search.png"),
+                    title=f"{record['model']}: prune --auto, validation perplexity")
     if record.get("scores"):
         plot_layer_scores(record["scores"], path, removed=record["removed_layers"], metric=record["metric"],
                           title=f"{record['model']}: {record['metric']} per layer (red = removed)")
