@@ -84,8 +84,10 @@ def _given(model, tokenizer, data) -> tuple[Any, Any, CalibrationSet | None]:
 def execute_recipe(recipe: Recipe, model=None, tokenizer=None, *, calibration: CalibrationSet | None = None,
                    scores: ScoreReport | None = None, command: str | None = None, progress: bool = True,
                    recipe_source: str | Path | None = None, require_output: bool = False,
-                   in_place: bool = False) -> RunState:
+                   in_place: bool = False, started: float | None = None) -> RunState:
     """Plan ``recipe`` and run it; returns the final run state (what every command's results are read from).
+
+    ``started``: the ``time.perf_counter()`` a wall-time budget counts from (default: now).
 
     ``in_place``: a given in-memory model may be cut in place (saves the memory of a copy); by default it is left
     untouched.
@@ -99,6 +101,8 @@ def execute_recipe(recipe: Recipe, model=None, tokenizer=None, *, calibration: C
     state = RunState(plan, progress=progress, command_line=command, given_model=given, given_tokenizer=tokenizer,
                      given_calibration=calibration, given_scores=scores)
     state.extra["in_place"] = in_place
+    if started is not None:
+        state.extra["started"] = started
     return execute(plan, state)
 
 

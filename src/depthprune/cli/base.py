@@ -6,6 +6,10 @@ User errors are one sentence on stderr and exit 2; Ctrl-C exits 130 and SIGTERM 
 
 from __future__ import annotations
 
+import time
+
+PROCESS_STARTED = time.perf_counter()  # imports and loading are the user's time too: a --budget includes them
+
 import functools
 import logging
 import os
@@ -117,6 +121,9 @@ def progress_enabled() -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    # A wall-time budget counts from the start of the process when this is the process's own command line (the
+    # console script), from this call when a caller passes argv (tests, embedding programs).
+    STATE["started"] = PROCESS_STARTED if argv is None else time.perf_counter()
     debug = "--debug" in STATE["argv"]
     if {"-q", "--quiet"} & set(STATE["argv"]):
         # tqdm reads TQDM_DISABLE when it is imported (torch, transformers and the GGUF dequantizer import it

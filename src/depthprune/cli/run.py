@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import typer
 
-from depthprune.cli.base import app, command_line, err_console, progress_enabled
+from depthprune.cli.base import STATE, app, command_line, err_console, progress_enabled
 from depthprune.cli.options import build_recipe, recipe_parameters, with_signature
 
 RECIPE_HELP = ("Replay a recipe: a recipe JSON or a previous run's depthprune.json (or its directory); flags given "
@@ -27,7 +27,7 @@ def run_command(ctx: typer.Context, command: str, model: str | None, values: dic
         err_console.print(f"note: the recipe file asks for {grant}, which only the command line can grant; "
                           f"pass {flag} to allow it", highlight=False)
     return execute_recipe(recipe, command=command_line(), progress=progress_enabled(),
-                          recipe_source=recipe_file, require_output=True)
+                          recipe_source=recipe_file, require_output=True, started=STATE.get("started"))
 
 
 def command(name: str, *, model_help: str, doc: str, printer: Callable, needs_out: str | None = None) -> None:
