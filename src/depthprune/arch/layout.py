@@ -35,10 +35,14 @@ COMMON_LAYER_PATHS = (
 KNOWN_PER_LAYER_FIELDS = (
     "layer_types",
     "no_rope_layers",
-    "block_types",
     "layers_block_type",
     "attention_layers",
     "moe_layers_enabled",
+    "indexer_types",  # GLM-MoE-DSA, HY-V4: per layer, run the sparse-attention indexer or reuse the previous one's
+    # per-layer clamps of the expert (and shared expert) SwiGLU activations, under both names transformers uses
+    "expert_swiglu_limit_list", "share_expert_swiglu_limit_list",  # Bailing-Hybrid
+    "swiglu_limits", "swiglu_limits_shared",  # Step-3.7 (and Bailing-Hybrid's attribute_map aliases)
+    "activation_sparsity_pattern",  # Gemma 3n: each layer's top-k activation sparsity
 )
 
 # Config attributes that hold a list of layer *indices* (renumbered, entries of
@@ -47,6 +51,20 @@ KNOWN_LAYER_INDEX_FIELDS = (
     "mlp_only_layers",   # Qwen2/3-MoE: dense layers
     "moe_layers",        # Llama 4: MoE layers
     "attn_layer_indices",  # Bamba: attention (not Mamba) layers
+    "index_layers",        # Kolibri 1.1: the layers whose sparse-attention indexer selects a new key pool
+    "hybrid_layer_ids",    # Zamba2: the layers with the shared transformer block (derived again on reload)
+)
+
+# The same, counting layers from 1 (renumbered the same way, 1-based).
+KNOWN_ONE_BASED_LAYER_INDEX_FIELDS = (
+    "ple_layer_ids",       # Qwen4-Exp: the layers with per-layer (n-gram) embeddings
+)
+
+# Config attributes that hold one entry per layer whose entries are layer indices (cut with the layers, then each
+# entry renumbered). An entry naming a removed layer becomes the layer's own index: the layer then builds as one that
+# reads nothing from another layer, which the structure check reports as a changed kept layer.
+KNOWN_PER_LAYER_INDEX_FIELDS = (
+    "kv_source_layers",    # Kolibri 1.1: the layer whose keys and values each layer reads (itself: its own)
 )
 
 # Config attributes that split the layers at an index: layer i is of one kind iff i < threshold. Renumbering keeps
@@ -106,9 +124,47 @@ def _explicit_sparse_layers(config) -> None:
     config.decoder_sparse_step = 1
 
 
+def _repeat_to_every_layer(value, n: int) -> list | None:
+    """A list of kinds that repeats over the layers (RecurrentGemma's ``block_types``: layer i is
+    ``value[i % len(value)]``), as one entry per layer; None for a value of another shape."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return [value[i % len(value)] for i in range(n)]
+    return None
+
+
+def _one_run_per_layer(value, n: int) -> list | None:
+    """Runs of kinds (GPT-Neo's ``attention_types``: ``[[kinds, repeat], ...]``, the kinds repeated ``repeat`` times,
+    runs concatenated) as one run of one kind per layer; None for a value of another shape or another length."""
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(run, (list, tuple)) and len(run) == 2 and isinstance(run[0], (list, tuple))
+            and isinstance(run[1], int) for run in value):
+        return None
+    kinds = [kind for run_kinds, repeat in value for _ in range(repeat) for kind in run_kinds]
+    return [[[kind], 1] for kind in kinds] if len(kinds) == n else None
+
+
+# Config attributes that hold a pattern the config expands into one kind per layer every time it is loaded, so
+# cutting the expanded list alone would be undone on reload. Before layers are removed each is rewritten as the
+# explicit pattern of one entry per layer (same expansion), which is then cut with the layers like any per-layer list.
+KNOWN_PATTERN_FIELDS: dict[str, Callable[[object, int], list | None]] = {
+    "block_types": _repeat_to_every_layer,     # RecurrentGemma: recurrent/attention blocks repeat with this period
+    "attention_types": _one_run_per_layer,     # GPT-Neo: global/local runs, expanded into attention_layers
+}
+
+
+def _explicit_patterns(config) -> None:
+    """Rewrite every :data:`KNOWN_PATTERN_FIELDS` value as one entry per layer (values of another shape are left
+    alone; the structure check still compares every kept layer)."""
+    n = num_layers(config)
+    for name, expand in KNOWN_PATTERN_FIELDS.items():
+        explicit = expand(getattr(config, name, None), n)
+        if explicit is not None:
+            setattr(config, name, explicit)
+
+
 # Index rules rewritten as explicit per-layer fields before layers are removed, keyed by the fields (not the family),
 # so a family that copies a rule is covered without being listed.
-RULE_REWRITES: tuple[Callable[[object], None], ...] = (_explicit_sparse_layers,)
+RULE_REWRITES: tuple[Callable[[object], None], ...] = (_explicit_sparse_layers, _explicit_patterns)
 
 
 @dataclass(frozen=True)
@@ -250,6 +306,27 @@ def shrink_thresholds(config, keep) -> None:
             setattr(config, name, sum(1 for i in keep if i < threshold))
 
 
+def shrink_per_layer_indices(config, keep) -> None:
+    """Cut and renumber the config's per-layer lists of layer indices (:data:`KNOWN_PER_LAYER_INDEX_FIELDS`) for the
+    ``keep`` layers (0-based, ascending)."""
+    n = num_layers(config)
+    remap = {old: new for new, old in enumerate(keep)}
+    for name in KNOWN_PER_LAYER_INDEX_FIELDS:
+        values = getattr(config, name, None)
+        if isinstance(values, (list, tuple)) and len(values) == n:
+            setattr(config, name, [remap.get(values[old], new) for new, old in enumerate(keep)])
+
+
+def shrink_one_based_indices(config, keep) -> None:
+    """Renumber the config's 1-based layer-index lists (:data:`KNOWN_ONE_BASED_LAYER_INDEX_FIELDS`) for the ``keep``
+    layers (0-based), dropping the entries of removed layers."""
+    remap = {old + 1: new + 1 for new, old in enumerate(keep)}
+    for name in KNOWN_ONE_BASED_LAYER_INDEX_FIELDS:
+        values = getattr(config, name, None)
+        if isinstance(values, (list, tuple)):
+            setattr(config, name, [remap[i] for i in values if i in remap])
+
+
 def make_rules_explicit(config) -> None:
     """Rewrite the config's index rules as the explicit per-layer fields they imply, where the config has such
     fields (:data:`RULE_REWRITES`; each rewrite checks the fields it needs and leaves other configs alone)."""
@@ -294,9 +371,11 @@ def _layer_fields(config, n: int, family: Family) -> tuple[list[str], list[str]]
                     if isinstance(getattr(config, f, None), (list, tuple))]
     per_layer = []
     for name, value in config.__dict__.items():
-        if name.startswith("_") or name in index_fields:
-            continue
-        known = name in KNOWN_PER_LAYER_FIELDS + family.per_layer_fields
+        if name.startswith("_") or name in index_fields or name in KNOWN_ONE_BASED_LAYER_INDEX_FIELDS \
+                or name in KNOWN_PER_LAYER_INDEX_FIELDS:
+            continue  # index lists are renumbered, never cut by position
+        # a pattern field counts once rewritten as one entry per layer (its pattern form may have any length)
+        known = name in KNOWN_PER_LAYER_FIELDS + family.per_layer_fields + tuple(KNOWN_PATTERN_FIELDS)
         # Only lists named like per-layer data count: a token-id list that happens
         # to have n entries (eos_token_id=[1, 106] on a 2-layer model) must not shrink.
         if isinstance(value, (list, tuple)) and len(value) == n and (known or "layer" in name):

@@ -21,7 +21,7 @@ from typing import Sequence
 from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM
 
-from depthprune.arch.layout import layout, num_layers
+from depthprune.arch.layout import KNOWN_PATTERN_FIELDS, KNOWN_PER_LAYER_FIELDS, layout, num_layers
 from depthprune.errors import DepthpruneError
 
 # Per-module attributes that hold the layer's own position and are renumbered by surgery (they index caches). Every
@@ -30,9 +30,16 @@ from depthprune.errors import DepthpruneError
 # computes.
 # A module's copy of the model's layer count (MiniMax's attention keeps one) changes with every removal by design.
 LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id")
+# Per-module attributes that hold the index of a layer the module reads from (itself included): surgery renumbers
+# them through the map of kept layers, and a kept layer is compared with that map applied to its original value (a
+# reference to a removed layer never matches).
+LAYER_REFERENCE_ATTRIBUTES = ("kv_source_layer",)  # Kolibri 1.1: the layer whose keys and values attention reads
 OUTSIDE_LAYERS = "(outside the layers)"  # marks a mismatch of a tensor that is not in a decoder layer
-_NOT_STRUCTURE = frozenset(LAYER_INDEX_ATTRIBUTES + ("training", "num_hidden_layers", "num_layers", "n_layer",
-                                                     "n_layers"))
+_NOT_STRUCTURE = frozenset(LAYER_INDEX_ATTRIBUTES + LAYER_REFERENCE_ATTRIBUTES
+                           + ("training", "num_hidden_layers", "num_layers", "n_layer", "n_layers"))
+# A module's copy of a whole per-layer config list (GPT-Neo's blocks keep attention_layers) is cut with the layers by
+# design; the layer's own entry is what it computes with, and that shows in its other attributes and modules.
+_PER_LAYER_COPIES = frozenset(KNOWN_PER_LAYER_FIELDS + tuple(KNOWN_PATTERN_FIELDS))
 
 
 def meta_skeleton(config, trust_remote_code: bool = False, dtype=None):
@@ -102,15 +109,28 @@ def _plain(value):
 _NOT_PLAIN = object()
 
 
-def layer_structure(layer) -> tuple:
+def layer_structure(layer, remap: dict | None = None) -> tuple:
     """A comparable description of one decoder layer: per module, its class, its direct parameters' shapes and its
-    plain attributes (numbers, strings, flags; all but :data:`LAYER_INDEX_ATTRIBUTES`)."""
+    plain attributes (numbers, strings, flags; all but :data:`LAYER_INDEX_ATTRIBUTES`).
+
+    An attribute that is None counts as unset, like one that holds a tensor or another object: a module that keeps
+    its own running state (RecurrentGemma's recurrent_states: None when built, a tensor after a forward) must look
+    the same on a used model and on a fresh skeleton. None against a number still differs (the number is listed).
+
+    ``remap`` (original layer index -> pruned index) maps the :data:`LAYER_REFERENCE_ATTRIBUTES` of a layer of the
+    original model, to compare it with the same layer of the pruned one; without it they are left out (the layer's
+    kind alone, as the search for a safe removal compares it)."""
     rows = []
     for name, module in layer.named_modules():
         params = tuple((p, tuple(t.shape)) for p, t in module.named_parameters(recurse=False))
         attrs = tuple(sorted((a, v) for a, v in ((a, _plain(v)) for a, v in vars(module).items()
                                                  if not a.startswith("_") and a not in _NOT_STRUCTURE)
-                             if v is not _NOT_PLAIN))
+                             if v is not _NOT_PLAIN and v is not None
+                             and not (a in _PER_LAYER_COPIES and isinstance(v, tuple))))
+        if remap is not None:
+            refs = tuple((a, remap.get(v, "a removed layer") if isinstance(v, int) else _plain(v))
+                         for a, v in sorted(vars(module).items()) if a in LAYER_REFERENCE_ATTRIBUTES)
+            attrs = tuple(sorted(attrs + refs, key=repr))
         rows.append((name, type(module).__name__, params, attrs))
     return tuple(rows)
 
@@ -149,8 +169,10 @@ def structure_mismatches(original, pruned, keep: Sequence[int]) -> list[str]:
     if len(layers_after) != len(keep):
         return [f"the pruned config builds {len(layers_after)} layers, not the {len(keep)} kept ones"]
     problems = _outside_layers(before, after)
+    remap = {old: new for new, old in enumerate(keep)}
+    identity = {new: new for new in range(len(keep))}
     for new, old in enumerate(keep):
-        s_before, s_after = layer_structure(layers_before[old]), layer_structure(layers_after[new])
+        s_before, s_after = layer_structure(layers_before[old], remap), layer_structure(layers_after[new], identity)
         if s_before != s_after:
             problems.append(f"layer {old} (now {new}) {_difference(s_before, s_after)}")
     return problems
@@ -172,4 +194,5 @@ def _outside_layers(before, after) -> list[str]:
     return problems
 
 
-__all__ = ["LAYER_INDEX_ATTRIBUTES", "OUTSIDE_LAYERS", "LayerKeys", "layer_keys", "layer_structure", "meta_skeleton", "structure_mismatches"]
+__all__ = ["LAYER_INDEX_ATTRIBUTES", "LAYER_REFERENCE_ATTRIBUTES", "OUTSIDE_LAYERS", "LayerKeys", "layer_keys",
+           "layer_structure", "meta_skeleton", "structure_mismatches"]

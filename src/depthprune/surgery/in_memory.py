@@ -16,8 +16,10 @@ from typing import Iterable, Iterator, Sequence
 from torch import nn
 
 from depthprune.arch.layout import (config_layout, index_rule_fields, layout, make_rules_explicit, num_layers,
-                                    per_layer_overrides, set_num_layers, set_per_layer_overrides, shrink_thresholds)
-from depthprune.arch.skeleton import LAYER_INDEX_ATTRIBUTES, OUTSIDE_LAYERS, layer_structure, meta_skeleton, structure_mismatches
+                                    per_layer_overrides, set_num_layers, set_per_layer_overrides,
+                                    shrink_one_based_indices, shrink_per_layer_indices, shrink_thresholds)
+from depthprune.arch.skeleton import (LAYER_INDEX_ATTRIBUTES, LAYER_REFERENCE_ATTRIBUTES, OUTSIDE_LAYERS,
+                                      layer_structure, meta_skeleton, structure_mismatches)
 from depthprune.errors import DepthpruneError
 
 
@@ -45,8 +47,9 @@ def remove_layers(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     old = lay.layers(model)
     lay.replace_layers(model, nn.ModuleList([old[i] for i in keep]))
 
+    remap = {old_idx: new_idx for new_idx, old_idx in enumerate(keep)}
     for new_idx, layer in enumerate(lay.layers(model)):
-        _renumber(layer, new_idx)
+        _renumber(layer, new_idx, remap)
 
     shrink_config(config, keep)
     _refresh_cached_flags(model, config)
@@ -62,6 +65,7 @@ def shrink_config(config, keep: Sequence[int]) -> None:
     """
     keep = list(keep)
     make_rules_explicit(config)
+    shrink_per_layer_indices(config, keep)  # before the layer count changes: it reads the entries of every layer
     fields = config_layout(config)
     for name in fields.per_layer_fields:
         values = getattr(config, name)
@@ -70,6 +74,7 @@ def shrink_config(config, keep: Sequence[int]) -> None:
     for name in fields.layer_index_fields:
         values = getattr(config, name)
         setattr(config, name, [remap[i] for i in values if i in remap])
+    shrink_one_based_indices(config, keep)
     shrink_thresholds(config, keep)
     overrides = per_layer_overrides(config)  # a heterogeneous config: layer index -> that layer's own fields
     if overrides is not None:
@@ -84,11 +89,18 @@ def pruned_copy(model: nn.Module, layers: Sequence[int]) -> nn.Module:
     return remove_layers(copy.deepcopy(model), layers)
 
 
-def _renumber(layer: nn.Module, new_idx: int) -> None:
+def _renumber(layer: nn.Module, new_idx: int, remap: dict) -> None:
+    """Give the layer's modules their new position; a reference to another kept layer follows that layer (one to a
+    removed layer becomes the layer's own index, as the config rule does; the structure check refuses such a removal
+    before anything is saved)."""
     for module in layer.modules():
         for attr in LAYER_INDEX_ATTRIBUTES:
             if isinstance(getattr(module, attr, None), int):
                 setattr(module, attr, new_idx)
+        for attr in LAYER_REFERENCE_ATTRIBUTES:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(module, attr, remap.get(value, new_idx))
 
 
 def _refresh_cached_flags(model: nn.Module, config) -> None:
@@ -132,8 +144,10 @@ def structure_refusal(original, removed: Sequence[int], *, trust_remote_code: bo
     except DepthpruneError:
         raise
     except Exception as exc:  # transformers refuses the shrunk config itself
-        return (f"removing layers {removed} from this {kind} model cannot be saved correctly: transformers cannot "
-                f"build a model from the pruned config ({_one_line(exc)})")
+        sentence = (f"removing layers {removed} from this {kind} model cannot be saved correctly: transformers "
+                    f"cannot build a model from the pruned config ({_one_line(exc)})")
+        safe = _trailing_removal(before, len(removed), config, trust_remote_code)
+        return sentence + (f"; removing layers {safe} instead keeps every kept layer as it was" if safe else "")
     problems = structure_mismatches(before, after, keep)
     if not problems:
         return None
@@ -185,7 +199,7 @@ def _closest_safe_removal(before, after, removed: list[int], config, trust_remot
             if j < m and source[i] == target[j]:
                 cost[i + 1][j + 1] = min(cost[i + 1][j + 1], cost[i][j] + (i in wanted))
     if cost[n][m] == inf:
-        return None
+        return _trailing_removal(before, len(removed), config, trust_remote_code)
     kept, j = [], m
     for i in range(n, 0, -1):  # walk back: keep layer i-1 only where that step was needed for the optimum
         if j > 0 and source[i - 1] == target[j - 1] and cost[i - 1][j - 1] + ((i - 1) in wanted) == cost[i][j] \
@@ -199,7 +213,27 @@ def _closest_safe_removal(before, after, removed: list[int], config, trust_remot
         check = meta_skeleton(pruned_config(config, safe), trust_remote_code)
     except Exception:
         return None
-    return safe if not structure_mismatches(before, check, sorted(kept)) else None
+    if not structure_mismatches(before, check, sorted(kept)):
+        return safe
+    return _trailing_removal(before, len(removed), config, trust_remote_code)
+
+
+def _trailing_removal(before, count: int, config, trust_remote_code: bool) -> list[int] | None:
+    """The last ``count`` layers, when removing them keeps every kept layer as it was, or None.
+
+    Removing trailing layers renumbers no kept layer, so it is the one removal worth checking when the kinds the
+    pruned config builds depend on which layers went (a family whose layers also keep a copy of the list of indices
+    of some kind, like Zamba2's shared-block layer map, matches no subsequence of the same length)."""
+    total = num_layers(config)
+    safe = list(range(total - count, total))
+    try:
+        shrunk = pruned_config(config, safe)
+        if callable(getattr(shrunk, "validate", None)):
+            shrunk.validate()
+        check = meta_skeleton(shrunk, trust_remote_code)
+    except Exception:
+        return None
+    return safe if not structure_mismatches(before, check, list(range(total - count))) else None
 
 
 def check_removable(model: nn.Module) -> None:
@@ -226,7 +260,8 @@ def pruned_view(model: nn.Module, layers: Sequence[int]) -> Iterator[nn.Module]:
     lay = layout(model)
     original_layers = lay.layers(model)
     config_state = dict(model.config.__dict__)
-    index_state = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in LAYER_INDEX_ATTRIBUTES
+    index_state = [(m, attr, getattr(m, attr)) for m in model.modules()
+                   for attr in LAYER_INDEX_ATTRIBUTES + LAYER_REFERENCE_ATTRIBUTES
                    if isinstance(getattr(m, attr, None), int)]
     flag_state = [(m, m.has_sliding_layers) for m in model.modules() if hasattr(m, "has_sliding_layers")]
     try:
