@@ -101,14 +101,17 @@ def render(rows: list[dict], seconds: float) -> str:
         "this machine). Do not edit by hand.",
         "",
         "Each family's own config class, shrunk to tiny sizes with 8 layers and its index rules switched on "
-        "(`tests/family_zoo.py`), had layers [1], [2], [1, 2] and [4, 5] removed. **exact**: saved, reloaded with "
+        "(`tests/family_zoo.py`, with per-family sizes where the generic ones do not fit), had layers [1], [2], "
+        "[1, 2] and [4, 5] removed. **exact**: saved, reloaded with "
         "plain `from_pretrained`, logits within 1e-4 of the original model run with the same layers skipped. "
         "**refused**: the structure check found a kept layer that the pruned config would build differently and "
         "ended the run in one sentence (naming a safe removal of as many layers when one exists). **not tried**: "
-        "the generic tiny sizes do not fit the family's config, so nothing was measured; the same structure check "
+        "the tiny sizes do not fit the family's config, so nothing was measured; the same structure check "
         "and the read-back check still run on every real model of these families. The rules depthprune rewrites "
-        "or renumbers are in `src/depthprune/arch/layout.py` (`RULE_REWRITES`, `KNOWN_LAYER_INDEX_FIELDS`, "
-        "`KNOWN_LAYER_THRESHOLD_FIELDS`); any other rule is caught by comparing each kept layer's modules, "
+        "or renumbers are in `src/depthprune/arch/layout.py` (`RULE_REWRITES`, `KNOWN_PER_LAYER_FIELDS`, "
+        "`KNOWN_PATTERN_FIELDS`, `KNOWN_LAYER_INDEX_FIELDS`, `KNOWN_ONE_BASED_LAYER_INDEX_FIELDS`, "
+        "`KNOWN_PER_LAYER_INDEX_FIELDS`, `KNOWN_LAYER_THRESHOLD_FIELDS`); any other rule is caught by comparing "
+        "each kept layer's modules, "
         "parameter shapes and attributes on the meta device, whether or not the family is listed here.",
         "",
         "Totals: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
