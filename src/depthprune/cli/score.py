@@ -30,4 +30,4 @@ command("score", needs_out="the scores FILE.json", printer=print_score,
         model_help="Demo alias, .gguf file, local checkpoint dir or Hub id.",
         doc="Score every decoder layer (Block Influence by default) and write scores.json + a bar chart.\n\n"
             "Under `torchrun --nproc_per_node N -m depthprune score ...` each process scores its share of the "
-            "calibration batches, the sums are all-reduced and rank 0 writes.")
+            "calibration samples (at least one each), the sums are all-reduced and rank 0 writes.")
