@@ -44,6 +44,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started (1 outside a multi-process launch)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def local_device(device: str) -> str:
     """Under torchrun, ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
     if launched_by_torchrun() and device == "cuda":
@@ -129,4 +134,4 @@ def is_main_process() -> bool:
 
 
 __all__ = ["DistributedInfo", "all_reduce_metrics", "gather_counts", "init", "is_main_process",
-           "launched_by_torchrun", "local_device", "shard", "shard_sizes"]
+           "launched_by_torchrun", "launched_world_size", "local_device", "shard", "shard_sizes"]
