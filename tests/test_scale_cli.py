@@ -80,8 +80,34 @@ def test_torchrun_two_processes_equal_one(work):
     torch.testing.assert_close(torch.tensor(data["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
     dist = data["scale"]["distributed"]
     assert dist["world_size"] == 2 and dist["backend"] == "gloo"
+    assert dist["samples_per_rank"] == [2, 2] and dist["batches_per_rank"] == [1, 1]
     assert len(dist["tokens_per_rank"]) == 2 and all(t > 0 for t in dist["tokens_per_rank"])
     assert sum(dist["tokens_per_rank"]) == memory["tokens"] == data["tokens"]
+
+
+# 5 samples in batches of 2 over 2 processes: divisible by neither, so rank 0 scores 3 samples (batches of 2 and 1)
+# and rank 1 scores 2, while one process forms batches of 2, 2 and 1: different batches, the same token sums.
+UNEVEN = ["--samples", "5", "--seq-len", "32", "--batch-size", "2"]
+
+
+@pytest.mark.parametrize("metric, offload", [("bi", "none"), ("angular", "none"), ("angular-all", "layers"),
+                                             ("relative-magnitude", "layers")])
+def test_torchrun_uneven_samples_equal_one_process(work, metric, offload):
+    root, model, _ = work
+    one, two = root / f"one-{metric}.json", root / f"two-{metric}.json"
+    result = run("score", model, "--data", root / "calib.txt", *UNEVEN, "--metric", metric, "--out", one)
+    assert result.returncode == 0, result.stderr
+    result = torchrun("score", model, "--data", root / "calib.txt", *UNEVEN, "--metric", metric,
+                      "--offload", offload, "--out", two)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, data = json.loads(one.read_text()), json.loads(two.read_text())
+    assert single["calibration"]["samples"] == data["calibration"]["samples"] == 5
+    torch.testing.assert_close(torch.tensor(data["scores"]), torch.tensor(single["scores"]), rtol=1e-5, atol=1e-7)
+    dist = data["scale"]["distributed"]
+    assert dist["world_size"] == 2 and dist["sharding"] == "contiguous samples"
+    assert dist["samples_per_rank"] == [3, 2] and dist["batches_per_rank"] == [2, 1]
+    assert sum(dist["tokens_per_rank"]) == single["tokens"] == data["tokens"]
+    assert all(t > 0 for t in dist["tokens_per_rank"])
 
 
 def test_torchrun_fewer_samples_than_processes_refused(work, tmp_path):

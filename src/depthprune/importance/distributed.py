@@ -32,7 +32,9 @@ class DistributedInfo:
     world_size: int
     rank: int
     backend: str
-    batches_per_rank: list[int] = field(default_factory=list)
+    sharding: str = "contiguous samples"
+    samples_per_rank: list[int] = field(default_factory=list)
+    batches_per_rank: list[int] = field(default_factory=list)  # each rank's own batches of its samples
     tokens_per_rank: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:

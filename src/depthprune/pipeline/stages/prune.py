@@ -91,6 +91,7 @@ def _score_streaming(state: RunState, metric: str) -> None:
     tokens = local_tokens
     if info is not None:
         distributed.all_reduce_metrics(metrics, device)
+        info.samples_per_rank = samples
         info.batches_per_rank = [-(-k // cal.batch_size) for k in samples]  # each rank batches its own share
         info.tokens_per_rank = distributed.gather_counts(local_tokens, device)
         scale["distributed"] = info.to_json()
