@@ -64,20 +64,63 @@ def test_streamed_score_equals_in_memory(work):
     assert streamed["scale"]["stream"]["layer_bytes_max"] < streamed["scale"]["stream"]["weights_bytes"]
 
 
+def torchrun(*args):
+    """``torchrun --nproc_per_node 2 -m depthprune -q ARGS`` on gloo (CPU), as a user launches it."""
+    launcher = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
+    return subprocess.run([launcher, "--standalone", "--nproc_per_node", "2", "--module", "depthprune", "-q",
+                           *map(str, args)], capture_output=True, text=True, env=env(), timeout=300)
+
+
 def test_torchrun_two_processes_equal_one(work):
     root, model, memory = work
-    torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
     out = root / "dist.json"
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--module", "depthprune", "-q",
-                             "score", model, "--data", root / "calib.txt", *CALIB, "--out", out],
-                            capture_output=True, text=True, env=env(), timeout=300)
+    result = torchrun("score", model, "--data", root / "calib.txt", *CALIB, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     torch.testing.assert_close(torch.tensor(data["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
     dist = data["scale"]["distributed"]
     assert dist["world_size"] == 2 and dist["backend"] == "gloo"
+    assert dist["samples_per_rank"] == [2, 2] and dist["batches_per_rank"] == [1, 1]
     assert len(dist["tokens_per_rank"]) == 2 and all(t > 0 for t in dist["tokens_per_rank"])
     assert sum(dist["tokens_per_rank"]) == memory["tokens"] == data["tokens"]
+
+
+# 5 samples in batches of 2 over 2 processes: divisible by neither, so rank 0 scores 3 samples (batches of 2 and 1)
+# and rank 1 scores 2, while one process forms batches of 2, 2 and 1: different batches, the same token sums.
+UNEVEN = ["--samples", "5", "--seq-len", "32", "--batch-size", "2"]
+
+
+@pytest.mark.parametrize("metric, offload", [("bi", "none"), ("angular", "none"), ("angular-all", "layers"),
+                                             ("relative-magnitude", "layers")])
+def test_torchrun_uneven_samples_equal_one_process(work, metric, offload):
+    root, model, _ = work
+    one, two = root / f"one-{metric}.json", root / f"two-{metric}.json"
+    result = run("score", model, "--data", root / "calib.txt", *UNEVEN, "--metric", metric, "--out", one)
+    assert result.returncode == 0, result.stderr
+    result = torchrun("score", model, "--data", root / "calib.txt", *UNEVEN, "--metric", metric,
+                      "--offload", offload, "--out", two)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, data = json.loads(one.read_text()), json.loads(two.read_text())
+    assert single["calibration"]["samples"] == data["calibration"]["samples"] == 5
+    torch.testing.assert_close(torch.tensor(data["scores"]), torch.tensor(single["scores"]), rtol=1e-5, atol=1e-7)
+    dist = data["scale"]["distributed"]
+    assert dist["world_size"] == 2 and dist["sharding"] == "contiguous samples"
+    assert dist["samples_per_rank"] == [3, 2] and dist["batches_per_rank"] == [2, 1]
+    assert sum(dist["tokens_per_rank"]) == single["tokens"] == data["tokens"]
+    assert all(t > 0 for t in dist["tokens_per_rank"])
+
+
+def test_torchrun_fewer_samples_than_processes_refused(work, tmp_path):
+    root, model, _ = work
+    out = tmp_path / "few.json"
+    result = torchrun("score", model, "--data", root / "calib.txt", "--samples", "1", "--seq-len", "32", "--out", out)
+    assert result.returncode != 0
+    assert "2 processes need at least 2 calibration samples (one per process) but the calibration set has 1: " \
+           "use --samples 2 or more, or start fewer processes" in result.stderr, result.stderr[-3000:]
+    # torchrun prints its own traceback for the failed child; none comes from depthprune's code
+    frames = [line for line in result.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "depthprune" in f], result.stderr[-3000:]
+    assert not out.exists()
 
 
 def tensors(directory):

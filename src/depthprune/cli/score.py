@@ -16,8 +16,8 @@ def print_score(state) -> None:
     console.print(f"removal order (least important first): {report.removal_order}", highlight=False)
     if report.scale and report.scale.get("distributed"):
         d = report.scale["distributed"]
-        console.print(f"{d['world_size']} processes ({d['backend']}); tokens per rank: {d['tokens_per_rank']}",
-                      highlight=False)
+        console.print(f"{d['world_size']} processes ({d['backend']}); samples per rank: {d['samples_per_rank']}; "
+                      f"tokens per rank: {d['tokens_per_rank']}", highlight=False)
     if report.selection:
         console.print(f"{report.selection['strategy']} would remove layers (0-based, original numbering): "
                       f"{report.selection['removed_layers']}", highlight=False)
@@ -30,4 +30,4 @@ command("score", needs_out="the scores FILE.json", printer=print_score,
         model_help="Demo alias, .gguf file, local checkpoint dir or Hub id.",
         doc="Score every decoder layer (Block Influence by default) and write scores.json + a bar chart.\n\n"
             "Under `torchrun --nproc_per_node N -m depthprune score ...` each process scores its share of the "
-            "calibration batches, the sums are all-reduced and rank 0 writes.")
+            "calibration samples (at least one each), the sums are all-reduced and rank 0 writes.")

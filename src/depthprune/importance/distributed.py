@@ -1,9 +1,12 @@
 """Data-parallel scoring under ``torchrun`` (torch.distributed: gloo on CPU, nccl on CUDA).
 
-Each rank scores a fixed, contiguous shard of the calibration *batches* (the batches themselves are
-the ones a single process would form, so every batch's arithmetic is unchanged), then the metrics'
-float64 running sums and token counts are all-reduced (summed) and every rank holds the scores a
-single process would have computed, up to the order of the float64 additions. Rank 0 writes.
+Each rank scores a fixed, contiguous share of the calibration *samples* (windows): with N samples and
+W processes, the first ``N % W`` ranks get ``N // W + 1`` windows and the others ``N // W``, in order,
+so any N >= W works. Each rank batches its own share with the batch size (its last batch may be
+smaller). Every metric keeps float64 sums of per-token (or per-sequence) values and their counts, and
+those are all-reduced (summed), never averaged, so every rank then holds the scores a single process
+would have computed on the same calibration, up to the order of the float64 additions and the
+batch-size dependence of the forward's own float arithmetic. Rank 0 writes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ class DistributedInfo:
     world_size: int
     rank: int
     backend: str
-    batches_per_rank: list[int] = field(default_factory=list)
+    sharding: str = "contiguous samples"
+    samples_per_rank: list[int] = field(default_factory=list)
+    batches_per_rank: list[int] = field(default_factory=list)  # each rank's own batches of its samples
     tokens_per_rank: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -39,6 +44,11 @@ class DistributedInfo:
 def launched_by_torchrun() -> bool:
     """True inside a multi-process launch (``torchrun`` sets RANK and WORLD_SIZE)."""
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun started (1 outside a multi-process launch)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def local_device(device: str) -> str:
@@ -65,15 +75,20 @@ def init(device: str = "cpu") -> DistributedInfo | None:
     return DistributedInfo(dist.get_world_size(), dist.get_rank(), dist.get_backend())
 
 
-def shard(calibration: CalibrationSet, batch_size: int, rank: int, world_size: int) -> tuple[CalibrationSet, list[int]]:
-    """This rank's contiguous run of whole batches, and how many batches each rank gets."""
-    n_batches = calibration.num_batches(batch_size)
-    if n_batches < world_size:
-        raise DepthpruneError(f"the calibration set makes {n_batches} batches of {batch_size} but {world_size} "
-                              "processes were started; use more --samples, a smaller --batch-size or fewer processes")
-    counts = [n_batches // world_size + (1 if r < n_batches % world_size else 0) for r in range(world_size)]
-    first = sum(counts[:rank]) * batch_size
-    last = min(first + counts[rank] * batch_size, len(calibration))
+def shard_sizes(num_samples: int, world_size: int) -> list[int]:
+    """How many calibration samples each rank scores: as even as possible, the remainder to the first ranks."""
+    if num_samples < world_size:
+        raise DepthpruneError(f"{world_size} processes need at least {world_size} calibration samples (one per "
+                              f"process) but the calibration set has {num_samples}: use --samples {world_size} "
+                              "or more, or start fewer processes")
+    return [num_samples // world_size + (1 if r < num_samples % world_size else 0) for r in range(world_size)]
+
+
+def shard(calibration: CalibrationSet, rank: int, world_size: int) -> tuple[CalibrationSet, list[int]]:
+    """This rank's contiguous run of calibration samples, and how many samples each rank gets."""
+    counts = shard_sizes(len(calibration), world_size)
+    first = sum(counts[:rank])
+    last = first + counts[rank]
     part = CalibrationSet(calibration.input_ids[first:last], calibration.attention_mask[first:last],
                           dict(calibration.settings))
     return part, counts
@@ -121,4 +136,4 @@ def is_main_process() -> bool:
 
 
 __all__ = ["DistributedInfo", "all_reduce_metrics", "gather_counts", "init", "is_main_process",
-           "launched_by_torchrun", "local_device", "shard"]
+           "launched_by_torchrun", "launched_world_size", "local_device", "shard", "shard_sizes"]

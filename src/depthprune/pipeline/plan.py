@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from depthprune.arch.skeleton import meta_skeleton
 from depthprune.errors import DepthpruneError
 from depthprune.evaluation.lmeval import check_tasks, lm_eval_available
-from depthprune.importance.distributed import is_main_process, launched_by_torchrun
+from depthprune.importance.distributed import is_main_process, launched_by_torchrun, launched_world_size, shard_sizes
 from depthprune.importance.metrics import LOSS_METRICS, STREAMING_METRICS
 from depthprune.importance.streamed import memory_available_bytes
 from depthprune.io.data import validate_spec
@@ -577,6 +577,10 @@ def plan(recipe: Recipe, *, model=None, calibration=None, scores=None, recipe_so
         inputs += list(dense.inputs) if dense is not None else []
     if launched_by_torchrun() and cmd != "score":
         raise DepthpruneError(f"{cmd} writes one result: run it in one process (torchrun is for `depthprune score`)")
+    if launched_by_torchrun() and calibration is None and scores is None:
+        # every process needs at least one calibration sample: refused here, before any model loads (the score
+        # stage checks again on the windows actually built, which a short text can make fewer than --samples)
+        shard_sizes(recipe.calibration.samples, launched_world_size())
 
     count = metric = None
     removed = None

@@ -21,7 +21,7 @@ class ScoreReport:
     calibration: dict
     block_scores: dict | None = None  # angular metrics: {block size n: distance per start layer}
     selection: dict | None = None  # with score(strategy=..., remove=...): the layers that strategy would remove
-    scale: dict | None = None  # offload mode, streaming stats, torchrun world size and tokens per rank (scale/)
+    scale: dict | None = None  # offload mode, streaming stats, torchrun world size, samples and tokens per rank (scale/)
     versions: dict = field(default_factory=library_versions)
     indexing: str = "0-based, original numbering"
 

@@ -2,7 +2,7 @@
 
 Scoring has one implementation per place the weights live: in memory (any metric, any strategy), and one decoder
 layer at a time (streaming metrics; :mod:`depthprune.importance.streamed`); under ``torchrun`` either one scores its
-shard of the calibration batches and the metric sums are all-reduced (:mod:`depthprune.importance.distributed`).
+share of the calibration samples and the metric sums are all-reduced (:mod:`depthprune.importance.distributed`).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def _score_streaming(state: RunState, metric: str) -> None:
     info = distributed.init(rt.device) if state.plan.distributed else None
     device = distributed.local_device(rt.device)
     calibration = state.calibration
-    part, counts = (calibration, [calibration.num_batches(cal.batch_size)]) if info is None else \
-        distributed.shard(calibration, cal.batch_size, info.rank, info.world_size)
+    part, samples = (calibration, [len(calibration)]) if info is None else \
+        distributed.shard(calibration, info.rank, info.world_size)
     n = state.num_layers
     metrics = [make_metric(metric, n, seed=cal.seed)]
     scale: dict = {"offload": "layers" if state.streamed is not None else "none"}
@@ -91,7 +91,8 @@ def _score_streaming(state: RunState, metric: str) -> None:
     tokens = local_tokens
     if info is not None:
         distributed.all_reduce_metrics(metrics, device)
-        info.batches_per_rank = counts
+        info.samples_per_rank = samples
+        info.batches_per_rank = [-(-k // cal.batch_size) for k in samples]  # each rank batches its own share
         info.tokens_per_rank = distributed.gather_counts(local_tokens, device)
         scale["distributed"] = info.to_json()
         tokens = sum(info.tokens_per_rank)
