@@ -112,7 +112,10 @@ def render(rows: list[dict], seconds: float) -> str:
         "`KNOWN_PATTERN_FIELDS`, `KNOWN_LAYER_INDEX_FIELDS`, `KNOWN_ONE_BASED_LAYER_INDEX_FIELDS`, "
         "`KNOWN_PER_LAYER_INDEX_FIELDS`, `KNOWN_LAYER_THRESHOLD_FIELDS`); any other rule is caught by comparing "
         "each kept layer's modules, "
-        "parameter shapes and attributes on the meta device, whether or not the family is listed here.",
+        "parameter shapes and attributes on the meta device, whether or not the family is listed here. A layer "
+        "that reuses what an earlier layer of another kind computed (`KNOWN_REUSE_FIELDS`: GLM-MoE-DSA's and "
+        "HY-V4's 'shared' indexer layers) builds the same modules whatever precedes it, so a removal that leaves "
+        "none of those before it is refused by that rule (tested with [0, 1]).",
         "",
         "Totals: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         "",

@@ -68,6 +68,10 @@ REFUSED = {
     # the shared blocks alternate over the hybrid layers and each holds one adapter per hybrid layer, indexed by
     # the hybrid layers' positions: removing any layer before the last hybrid one changes a kept layer
     "zamba2": (([1], [2], [1, 2], [4, 5]), "shared_transformer"),
+    # a 'shared' indexer layer reuses the top-k of the nearest earlier 'full' one: removing every 'full' layer
+    # before it builds every module as it was but leaves a model that fails on its first forward pass
+    "glm_moe_dsa": (([0, 1],), "no 'full' layer is kept before it"),
+    "hy_v4": (([0, 1],), "no 'full' layer is kept before it"),
 }
 
 AVAILABLE = causal_families()
@@ -162,6 +166,18 @@ def test_the_cli_refuses_on_disk_and_saves_a_renumbered_rule_exactly(tmp_path):
     with torch.no_grad():
         logits = reloaded(input_ids=probe(), use_cache=False).logits
     assert (logits - _reference(model, [1])).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif("glm_moe_dsa" not in AVAILABLE, reason="needs glm_moe_dsa")
+def test_on_disk_refuses_a_removal_that_leaves_a_model_unable_to_run(tmp_path):
+    """The on-disk executor runs no forward pass, so only the check before writing can catch a kept layer that
+    reuses a removed one."""
+    source = tmp_path / "glm"
+    tiny_family_model("glm_moe_dsa").save_pretrained(source)
+    result = run_cli("prune", source, "--layers", "0,1", "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert "no 'full' layer is kept before it" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_tied_embeddings_are_not_mistaken_for_a_tensor_the_pruned_config_adds():

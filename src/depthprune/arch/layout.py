@@ -67,6 +67,31 @@ KNOWN_PER_LAYER_INDEX_FIELDS = (
     "kv_source_layers",    # Kolibri 1.1: the layer whose keys and values each layer reads (itself: its own)
 )
 
+# Per-layer lists in which a layer of one kind reuses what the nearest earlier layer of another kind computed
+# (GLM-MoE-DSA, HY-V4: a "shared" indexer layer reuses the top-k indices of the previous "full" one). Removing the
+# layer it reused makes it reuse the one before, as skipping that layer would; removing every such layer before it
+# leaves a model that cannot run (transformers only finds out on the first forward pass).
+KNOWN_REUSE_FIELDS: dict[str, tuple[str, str]] = {
+    "indexer_types": ("shared", "full"),  # field: (the reusing kind, the kind it reuses)
+}
+
+
+def orphaned_reuse(config) -> str | None:
+    """The first layer of ``config`` whose :data:`KNOWN_REUSE_FIELDS` kind reuses an earlier layer that is not there,
+    described in a phrase, or None."""
+    for name, (reader, source) in KNOWN_REUSE_FIELDS.items():
+        values = getattr(config, name, None)
+        if not isinstance(values, (list, tuple)):
+            continue
+        for i, value in enumerate(values):
+            if value == source:
+                break
+            if value == reader:
+                return (f"layer {i} is a '{reader}' layer in {name}, which reuses the nearest earlier '{source}' "
+                        f"layer, and no '{source}' layer is kept before it")
+    return None
+
+
 # Config attributes that split the layers at an index: layer i is of one kind iff i < threshold. Renumbering keeps
 # them exact by counting the kept layers below the threshold.
 KNOWN_LAYER_THRESHOLD_FIELDS = (

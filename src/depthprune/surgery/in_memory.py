@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Sequence
 from torch import nn
 
 from depthprune.arch.layout import (config_layout, index_rule_fields, layout, make_rules_explicit, num_layers,
-                                    per_layer_overrides, set_num_layers, set_per_layer_overrides,
+                                    orphaned_reuse, per_layer_overrides, set_num_layers, set_per_layer_overrides,
                                     shrink_one_based_indices, shrink_per_layer_indices, shrink_thresholds)
 from depthprune.arch.skeleton import (LAYER_INDEX_ATTRIBUTES, LAYER_REFERENCE_ATTRIBUTES, OUTSIDE_LAYERS,
                                       layer_structure, meta_skeleton, structure_mismatches)
@@ -148,6 +148,12 @@ def structure_refusal(original, removed: Sequence[int], *, trust_remote_code: bo
                     f"cannot build a model from the pruned config ({_one_line(exc)})")
         safe = _trailing_removal(before, len(removed), config, trust_remote_code)
         return sentence + (f"; removing layers {safe} instead keeps every kept layer as it was" if safe else "")
+    orphan = orphaned_reuse(shrunk)
+    if orphan is not None:  # every module builds as it was, but the model cannot run
+        safe = _trailing_removal(before, len(removed), config, trust_remote_code)
+        return (f"removing layers {removed} from this {kind} model cannot be saved correctly: after renumbering "
+                f"{orphan}" + (f"; removing layers {safe} instead keeps every kept layer as it was" if safe else
+                               f"; no removal of {len(removed)} layers keeps every kept layer as it was"))
     problems = structure_mismatches(before, after, keep)
     if not problems:
         return None
@@ -232,6 +238,8 @@ def _trailing_removal(before, count: int, config, trust_remote_code: bool) -> li
             shrunk.validate()
         check = meta_skeleton(shrunk, trust_remote_code)
     except Exception:
+        return None
+    if orphaned_reuse(shrunk) is not None:
         return None
     return safe if not structure_mismatches(before, check, list(range(total - count))) else None
 
