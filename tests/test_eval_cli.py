@@ -1,6 +1,8 @@
 """`depthprune eval --tasks` and `prune --eval-tasks` through lm-eval, on a tiny random model (offline data)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,22 @@ def test_prune_eval_tasks_side_by_side_and_report(model, tmp_path):
 ])
 def test_eval_bad_input(model, args, fragment):
     assert_user_error(run("eval", model, *args), fragment)
+
+
+@pytest.mark.parametrize("task, relative, content, fragment", [
+    ("piqa", "piqa/valid.jsonl", "not json\n", "valid.jsonl line 1 is not JSON"),
+    ("lambada_openai", "lambada/lambada_openai.jsonl", '{"no_text_field": 1}\n', "KeyError"),
+    ("winogrande", "winogrande/winogrande.jsonl", "\xff\xfe garbage", "winogrande.jsonl line 1 is not JSON"),
+    ("arc_easy", "arc/llm-adapters/ARC-Easy/test.json", "[", "the arc data"),
+])
+def test_eval_malformed_task_data_is_one_sentence(model, tmp_path, task, relative, content, fragment):
+    """A task file that exists but does not parse: one sentence naming the task's data, exit 2, and none of
+    lm-eval's warnings around it."""
+    data = tmp_path / "data"
+    shutil.copytree(TASK_DATA, data)
+    target = data / relative
+    assert target.is_file(), f"fixture layout changed: {relative}"
+    target.write_text(content, encoding="utf-8")
+    result = run("eval", model, "--tasks", task, "--data-dir", data, "--limit", "2")
+    assert_user_error(result, "cannot be read", fragment, str(Path(data)))
+    assert "WARNING" not in result.stderr

@@ -94,6 +94,19 @@ class _QuietCustomDatasetNotice(logging.Filter):
 logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNotice())
 
 
+class _QuietModelObjectNotice(logging.Filter):
+    """Drop lm-eval's two warnings about being handed a model object rather than a name: depthprune always passes
+    the in-memory (pruned) model on purpose, so they appear on every evaluation, refusals included, and say nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("`pretrained` model kwarg is not of type `str`" in msg
+                    or "Passed an already-initialized model through `pretrained`" in msg)
+
+
+logging.getLogger("lm_eval.models.huggingface").addFilter(_QuietModelObjectNotice())
+
+
 class LmEvalNotInstalledError(ImportError):
     """Raised when lm-evaluation-harness is needed but not importable."""
 

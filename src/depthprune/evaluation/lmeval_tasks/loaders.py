@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import json
 import re
 from pathlib import Path
 from typing import Any
+
+from depthprune.errors import DepthpruneError
 
 # ---------------------------------------------------------------------------
 # Relative paths of the files each task reads, under ``data_dir``.
@@ -77,8 +80,35 @@ def _dataset_dict(splits: dict[str, list[dict[str, Any]]]):
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path} line {number} is not JSON ({exc.msg})") from None
+    return rows
+
+
+def reads_task_data(function):
+    """A loader whose files are malformed (not JSON, a missing field, a short label file, bad bytes) raises one
+    sentence naming the task and the data folder, not the parser's bare message (lm-eval calls the loaders; what they
+    raise reaches the user)."""
+    task = function.__name__.removeprefix("load_")
+
+    @functools.wraps(function)
+    def load(data_dir: str, *args, **kwargs):
+        try:
+            return function(data_dir, *args, **kwargs)
+        except DepthpruneError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, UnicodeError, OSError, EOFError, csv.Error) as exc:
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise DepthpruneError(f"the {task} data under {data_dir} cannot be read ({type(exc).__name__}: {detail}); "
+                                  "the expected files and formats are in docs/lmeval-tasks.md") from exc
+
+    return load
 
 
 def _letters(n: int) -> list[str]:
@@ -119,6 +149,7 @@ def hellaswag_restore_ctx_b(line: str) -> str:
     return line
 
 
+@reads_task_data
 def load_hellaswag(data_dir: str, **_: Any):
     path = Path(data_dir) / HELLASWAG_FILE
     with bz2.open(path, "rt", encoding="utf-8") as fh:
@@ -152,6 +183,7 @@ def load_hellaswag(data_dir: str, **_: Any):
 # ---------------------------------------------------------------------------
 
 
+@reads_task_data
 def load_piqa(data_dir: str, **_: Any):
     qpath, lpath = (Path(data_dir) / p for p in PIQA_FILES)
     items = _read_jsonl(qpath)
@@ -185,6 +217,7 @@ def parse_llm_adapters_arc(instruction: str) -> tuple[str, list[str]]:
     return question, texts
 
 
+@reads_task_data
 def load_arc(data_dir: str, subset: str, **_: Any):
     root = Path(data_dir)
     items = json.loads((root / ARC_FILES[subset]).read_text(encoding="utf-8"))
@@ -222,6 +255,7 @@ def load_arc(data_dir: str, subset: str, **_: Any):
 # ---------------------------------------------------------------------------
 
 
+@reads_task_data
 def load_openbookqa(data_dir: str, **_: Any):
     root = Path(data_dir)
     items = _read_jsonl(root / OPENBOOKQA_FILE)
@@ -251,6 +285,7 @@ def load_openbookqa(data_dir: str, **_: Any):
 # ---------------------------------------------------------------------------
 
 
+@reads_task_data
 def load_boolq(data_dir: str, **_: Any):
     path = Path(data_dir) / BOOLQ_FILE
     rows = []
@@ -272,6 +307,7 @@ def load_boolq(data_dir: str, **_: Any):
 # ---------------------------------------------------------------------------
 
 
+@reads_task_data
 def load_winogrande(data_dir: str, **_: Any):
     path = Path(data_dir) / WINOGRANDE_FILE
     rows = [
@@ -306,6 +342,7 @@ def winogrande_doc_to_choice(doc: dict) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+@reads_task_data
 def load_lambada(data_dir: str, **_: Any):
     path = Path(data_dir) / LAMBADA_FILE
     rows = [{"text": it["context"] + " " + it["continuation"]} for it in _read_jsonl(path)]
@@ -329,6 +366,7 @@ def _read_mmlu_csv(path: Path, subject: str) -> list[dict[str, Any]]:
         ]
 
 
+@reads_task_data
 def load_mmlu(data_dir: str, subject: str, **_: Any):
     test, dev = (Path(data_dir) / p for p in mmlu_files(subject))
     return _dataset_dict(
@@ -346,6 +384,7 @@ def _read_cmmlu_csv(path: Path) -> list[dict[str, Any]]:
         return [dict(zip(cols, r[1:])) for r in reader]
 
 
+@reads_task_data
 def load_cmmlu(data_dir: str, subject: str, **_: Any):
     test, dev = (Path(data_dir) / p for p in cmmlu_files(subject))
     return _dataset_dict({"test": _read_cmmlu_csv(test), "dev": _read_cmmlu_csv(dev)})
@@ -373,6 +412,7 @@ def _read_c3(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@reads_task_data
 def load_c3(data_dir: str, **_: Any):
     root = Path(data_dir)
     return _dataset_dict(
