@@ -54,7 +54,7 @@ REPAIRS = ("none", "lstsq", "cosine", "lora", "lstsq+lora")
 DEFAULT_ROWS = "dense/none,block/none,block/lstsq,block/cosine,block/lstsq+lora,one-shot/none,one-shot/lstsq,dense/lora"
 # settings that do not change a row's numbers (a --resume run may differ in them)
 # (each row records its own task documents, so rows with and without tasks can share one file)
-NOT_SETTINGS = ("rows", "resume", "json", "checkpoint", "threads", "tasks", "limit")
+NOT_SETTINGS = ("rows", "resume", "json", "checkpoint", "threads", "tasks", "limit", "eval_batch_size")
 
 
 def book_prose(path: Path) -> str:
@@ -97,6 +97,7 @@ def main() -> None:
     p.add_argument("--ppl-seq-len", type=int, default=512)
     p.add_argument("--tasks", default=TASKS, help="lm-eval tasks ('' for perplexity only)")
     p.add_argument("--limit", type=int, default=None, help="documents per task (default: the full sets)")
+    p.add_argument("--eval-batch-size", type=int, default=16, help="lm-eval batch size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true", help="keep the rows the JSON already holds")
     p.add_argument("--json", required=True)
@@ -125,10 +126,6 @@ def main() -> None:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
 
-    def dense_has_tasks() -> bool:
-        dense = next((r for r in result["rows"] if r["row"] == "dense/none"), {})
-        return set(a.tasks.split(",")) <= set(dense.get("tasks", {}))
-
     def have(name: str) -> bool:
         return any(r["row"] == name for r in result["rows"])
 
@@ -149,12 +146,9 @@ def main() -> None:
              "held_out_ppl": perplexity_on(m, book, progress=False).ppl,
              "in_domain_ppl": perplexity_on(m, wiki, progress=False).ppl}
         if a.tasks:
-            if name != "dense/none" and not dense_has_tasks():
-                raise SystemExit("task rows need the dense/none row with the same tasks first (its accuracy is the "
-                                 "reference)")
             t = time.perf_counter()
             res = evaluate_tasks(m, tok, a.tasks, data_dir=str(DATA), limit=a.limit, model_name=name,
-                                 bootstrap_iters=100)
+                                 batch_size=a.eval_batch_size, bootstrap_iters=100)
             r["tasks"] = {k: {"acc": v["metrics"]["acc"], "acc_stderr": v["metrics"].get("acc_stderr"),
                               "n": v["n_samples"]["effective"]} for k, v in res["tasks"].items()}
             r["tasks_s"] = time.perf_counter() - t
@@ -243,15 +237,19 @@ def main() -> None:
 
 # --- rendering ---------------------------------------------------------------------------------------------
 
-def above_chance(tasks: dict, dense: dict) -> float | None:
+def above_chance(tasks: dict, dense: dict) -> tuple[float, float] | None:
     """Macro accuracy above chance as a share of the dense model's: mean(acc - chance) / mean(dense - chance)
-    over the tasks both have (a ratio of means, because a per-task ratio explodes where dense is near chance)."""
+    over the tasks both have (a ratio of means, because a per-task ratio explodes where dense is near chance), with
+    its standard error from the row's per-task standard errors (the dense figures taken as exact)."""
     names = [t for t in tasks if t in dense and t in CHANCE]
     if not names:
         return None
     num = sum(tasks[t]["acc"] - CHANCE[t] for t in names) / len(names)
     den = sum(dense[t]["acc"] - CHANCE[t] for t in names) / len(names)
-    return num / den if den > 0 else None
+    if den <= 0:
+        return None
+    se = math.sqrt(sum((tasks[t].get("acc_stderr") or 0.0) ** 2 for t in names)) / len(names)
+    return num / den, se / den
 
 
 def _cell(t: dict | None) -> str:
@@ -317,7 +315,7 @@ def render(paths: list[str]) -> str:
             out.append(f"| {label} | {r['removed']} | {r['held_out_ppl']:.2f} ({ho:.2f}) | "
                        f"{r['in_domain_ppl']:.2f} ({ind:.2f}, {adj:.2f}) | "
                        + "".join(f"{_cell(r.get('tasks', {}).get(n))} | " for n in names)
-                       + (f"{100 * kept:.0f}% | " if kept is not None else ("- | " if names else ""))
+                       + (f"{100 * kept[0]:.0f}% ± {100 * kept[1]:.0f} | " if kept is not None else ("- | " if names else ""))
                        + f"{secs} | {peak} |")
         for r in d["rows"]:
             if r["row"].startswith("saved/"):
