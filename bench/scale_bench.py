@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = {  # hidden, layers, intermediate, heads, vocab
     "0.1b": (768, 12, 2048, 12, 32000),
     "0.5b": (1024, 24, 4096, 16, 32000),
+    "0.6b": (1024, 32, 4096, 16, 32000),
+    "w1024-4l": (1024, 4, 4096, 16, 32000),  # the 0.6b's layer shape, 4 layers: long calibration runs in minutes
     "1.5b": (2048, 28, 5632, 16, 32000),
 }
 
@@ -74,7 +76,7 @@ def _calibration(samples: int, seq_len: int):
     return from_tensors(ids, torch.ones_like(ids), source="random ids")
 
 
-def job_score(path: str, mode: str, samples: int, seq_len: int, batch: int, budget_mb: int) -> dict:
+def job_score(path: str, mode: str, samples: int, seq_len: int, batch: int, budget_mb: int, dtype: str) -> dict:
     import torch
 
     import depthprune as dp
@@ -83,7 +85,7 @@ def job_score(path: str, mode: str, samples: int, seq_len: int, batch: int, budg
     base = rss_now()
     calibration = _calibration(samples, seq_len)
     t0 = time.perf_counter()
-    report = dp.score(path, data=calibration, metric="bi", batch_size=batch, dtype="bfloat16",
+    report = dp.score(path, data=calibration, metric="bi", batch_size=batch, dtype=dtype,
                       offload="layers" if mode == "streamed" else "none", activation_budget_mb=budget_mb,
                       progress=False)
     return {"seconds": time.perf_counter() - t0, "baseline_rss": base, "peak_rss": peak_rss(),
@@ -133,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--budget-mb", type=int, default=64)
+    parser.add_argument("--dtype", default="float32",
+                        help="scoring dtype (float32: CPUs without bf16 instructions run bf16 matmuls ~400x slower)")
     parser.add_argument("--repeats", type=int, default=1, help="scoring runs per mode, interleaved (fastest kept)")
     parser.add_argument("--skip-score", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
@@ -147,7 +151,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": " ".join(["python3", "bench/scale_bench.py", *sys.argv[1:]]),
                      "samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
-                     "activation_budget_mb": args.budget_mb, "dtype": "bfloat16", "threads": 1, "sizes": {}}
+                     "activation_budget_mb": args.budget_mb, "dtype": args.dtype, "threads": 1, "sizes": {}}
     sizes = args.sizes.split(",")
     for size in sizes:
         path = root / size
@@ -163,7 +167,7 @@ def main() -> None:
             for mode in ("memory", "streamed"):
                 print(f"{size} {mode} ...", file=sys.stderr, flush=True)
                 runs[mode].append(child(["score", str(path), mode, args.samples, args.seq_len, args.batch_size,
-                                         args.budget_mb]))
+                                         args.budget_mb, args.dtype]))
         for mode, rs in runs.items():
             best = min(rs, key=lambda r: r["seconds"])
             entry[mode] = {k: best[k] for k in ("seconds", "baseline_rss", "peak_rss")}
@@ -171,6 +175,11 @@ def main() -> None:
             entry[mode]["peak_over_weights"] = best["peak_rss"] / entry["weights_bytes"]
             entry[mode]["peak_above_baseline_over_weights"] = (best["peak_rss"] - best["baseline_rss"]) / entry["weights_bytes"]
         entry["streamed"]["stream"] = runs["streamed"][0]["scale"]["stream"]
+        # what in-memory scoring holds: the weights at the scoring dtype (float32: twice a bf16 checkpoint)
+        entry["scoring_weights_bytes"] = entry["streamed"]["stream"]["weights_bytes"]
+        for mode in runs:
+            entry[mode]["peak_above_baseline_over_scoring_weights"] = (
+                (entry[mode]["peak_rss"] - entry[mode]["baseline_rss"]) / entry["scoring_weights_bytes"])
         entry["time_ratio_streamed_over_memory"] = entry["streamed"]["seconds"] / entry["memory"]["seconds"]
         a, b = runs["memory"][0]["scores"], runs["streamed"][0]["scores"]
         entry["max_abs_score_diff"] = max(abs(x - y) for x, y in zip(a, b))

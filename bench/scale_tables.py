@@ -12,28 +12,34 @@ GIB = 2**30
 
 
 def main(paths: list[str]) -> None:
-    rows, prune, torchrun, commands = [], None, None, []
+    rows, prune, torchrun, commands, large = [], None, None, [], []
     for path in paths:
         try:
             data = json.load(open(path, encoding="utf-8"))
         except FileNotFoundError:
             continue
         commands.append(data["command"])
+        if "shape" in data:
+            large.append(data)
+            continue
         for size, e in data.get("sizes", {}).items():
             rows.append((size, e, data))
         prune = data.get("prune", prune)
         torchrun = data.get("torchrun", torchrun)
     if rows:
-        print("| model | weights (bf16) | tokens | in-memory peak RSS | streamed peak RSS | streamed / weights "
-              "(above import baseline) | time streamed / in-memory | max abs score diff |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| model | checkpoint (bf16) | weights at scoring dtype | tokens | in-memory peak RSS | streamed peak RSS | "
+              "streamed above import baseline / weights at scoring dtype | time streamed / in-memory | "
+              "activations spilled | max abs score diff |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for size, e, data in rows:
             m, s = e["memory"], e["streamed"]
-            print(f"| {size} | {e['weights_bytes'] / GIB:.2f} GiB | {data['samples']} x {data['seq_len']} | "
-                  f"{m['peak_rss'] / GIB:.2f} GiB ({m['peak_over_weights']:.2f}x) | {s['peak_rss'] / GIB:.2f} GiB | "
-                  f"{s['peak_over_weights']:.2f}x ({s['peak_above_baseline_over_weights']:.2f}x) | "
-                  f"{e['time_ratio_streamed_over_memory']:.2f} ({s['seconds']:.1f} s / {m['seconds']:.1f} s) | "
-                  f"{e['max_abs_score_diff']:.1e} |")
+            scoring = e.get("scoring_weights_bytes", e["weights_bytes"])
+            above = (s["peak_rss"] - s["baseline_rss"]) / scoring
+            spilled = s["stream"]["spilled_bytes"]
+            print(f"| {size} | {e['weights_bytes'] / GIB:.2f} GiB | {scoring / GIB:.2f} GiB ({data.get('dtype', 'bfloat16')}) | "
+                  f"{data['samples']} x {data['seq_len']} | {m['peak_rss'] / GIB:.2f} GiB | {s['peak_rss'] / GIB:.2f} GiB | "
+                  f"{above:.2f}x | {e['time_ratio_streamed_over_memory']:.2f} ({s['seconds']:.1f} s / {m['seconds']:.1f} s) | "
+                  f"{spilled / GIB:.2f} GiB (budget {data['activation_budget_mb']} MiB) | {e['max_abs_score_diff']:.1e} |")
         print()
     if prune:
         d, m = prune["disk"], prune["memory"]
@@ -52,6 +58,29 @@ def main(paths: list[str]) -> None:
               f"2 processes {t['two_processes_wall_s']:.1f} s (ratio {t['wall_ratio_two_over_one']:.2f}, whole "
               f"command incl. imports and model load); max abs score difference {t['max_abs_score_diff']:.1e}; "
               f"tokens per rank {t['distributed']['tokens_per_rank']}\n")
+    for data in large:
+        shape = data["shape"]
+        print(f"Larger than memory: {data['make']['params'] / 1e9:.2f} B parameters (hidden {shape['hidden_size']}, "
+              f"{shape['num_hidden_layers']} layers, MLP {shape['intermediate_size']}), "
+              f"{data['checkpoint_bytes'] / GIB:.1f} GiB of bf16 safetensors, on a machine with "
+              f"{data['mem_total_bytes'] / GIB:.1f} GiB of memory; calibration {data['samples']} x {data['seq_len']} "
+              f"tokens, {data['remove']} layers removed:\n")
+        print("| step | command | path | wall | peak RSS | read from disk | written |")
+        print("|---|---|---|---|---|---|---|")
+        for step in ("score", "prune", "repair"):
+            r = data.get(step)
+            if r is None:
+                continue
+            argv = r["argv"][r["argv"].index("depthprune") + 1:]
+            shown = " ".join(a if "/" not in a else a.rsplit("/", 1)[-1].upper().replace(".JSON", ".json")
+                             for a in argv)
+            rec = r.get("record") or {}
+            path = rec.get("executor") or ("layer-streamed" if (rec.get("scale") or {}).get("offload") == "layers"
+                                           else "in-memory")
+            written = f"{rec['checkpoint_bytes'] / GIB:.1f} GiB" if rec.get("checkpoint_bytes") else "scores"
+            print(f"| {step} | `depthprune {shown}` | {path} | {r['seconds']:.0f} s | {r['peak_rss_bytes'] / GIB:.2f} GiB | "
+                  f"{r['disk_read_bytes'] / GIB:.1f} GiB | {written} |")
+        print()
     print("Commands:\n")
     for c in commands:
         print(f"    PYTHONPATH=src {c}")

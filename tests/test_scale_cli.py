@@ -61,7 +61,11 @@ def test_streamed_score_equals_in_memory(work):
     streamed = json.loads((root / "streamed.json").read_text())
     torch.testing.assert_close(torch.tensor(streamed["scores"]), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)
     assert streamed["scale"]["offload"] == "layers" and streamed["tokens"] == memory["tokens"]
-    assert streamed["scale"]["stream"]["layer_bytes_max"] < streamed["scale"]["stream"]["weights_bytes"]
+    stream = streamed["scale"]["stream"]
+    assert stream["layer_bytes_max"] < stream["weights_bytes"]
+    # the default activation budget: a tenth of the weights (float32 here, as saved: the tensors' bytes on disk)
+    on_disk = sum(t.numel() * t.element_size() for t in tensors(Path(model)).values())
+    assert stream["weights_bytes"] == on_disk and stream["activation_budget_bytes"] == on_disk // 10
 
 
 def torchrun(*args):
@@ -172,3 +176,55 @@ def test_offload_user_errors(work, tmp_path, args, fragment):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert fragment in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("family, layers", [("gemma3", "2,3"), ("llama", "1,3,4")])
+def test_streamed_linear_repair_equals_in_memory(work, tmp_path, family, layers):
+    """Linear repair fitted from layer-streamed activations and folded on disk writes the tensors the in-memory
+    repair writes; only the folded projections differ from the plain cut."""
+    root, _, _ = work
+    model = tiny_checkpoint(tmp_path / "tiny", family=family, num_layers=6)
+    common = ["--layers", layers, "--repair", "linear", "--data", root / "calib.txt", *CALIB]
+    streamed, memory, plain = tmp_path / "streamed", tmp_path / "memory", tmp_path / "plain"
+    result = run("prune", model, *common, "--offload", "layers", "--activation-budget-mb", 1, "--out", streamed)
+    assert result.returncode == 0, result.stderr
+    result = run("prune", model, *common, "--out", memory)
+    assert result.returncode == 0, result.stderr
+    assert run("prune", model, "--layers", layers, "--out", plain).returncode == 0
+    ts, tm, tp = tensors(streamed), tensors(memory), tensors(plain)
+    assert sorted(ts) == sorted(tm)
+    for key in tm:
+        torch.testing.assert_close(ts[key], tm[key], atol=1e-6, rtol=1e-6, msg=key)
+    record = json.loads((streamed / "depthprune.json").read_text())
+    assert record["executor"] == "layer-streamed"
+    folded = {k for k in tp if not torch.equal(ts[k], tp[k])}
+    runs = len(record["repair"]["linear"]["runs"])
+    assert folded and len(folded) == runs, folded  # one projection (or norm scale) per removed run
+    assert record["readback"]["tensors_written_from_values"] == len(record["repair"]["streamed"]["folded_tensors"])
+    mem_record = json.loads((memory / "depthprune.json").read_text())
+    for a, b in zip(record["repair"]["linear"]["runs"], mem_record["repair"]["linear"]["runs"]):
+        assert a["removed"] == b["removed"] and a["ridge"] == b["ridge"]
+        assert a["mse_lstsq"] == pytest.approx(b["mse_lstsq"], rel=1e-6)
+
+
+def test_streamed_linear_repair_refused_before_loading_when_the_fold_target_is_not_stored(work, tmp_path):
+    """Fused MoE expert tensors are built from per-expert ones on load: a streamed repair has no stored tensor to
+    write its fold into, which the plan says before anything is read or scored."""
+    root, _, _ = work
+    model = tiny_checkpoint(tmp_path / "moe", family="mixtral", num_layers=4)
+    result = run("prune", model, "--layers", "2", "--repair", "linear", "--offload", "layers",
+                 "--data", root / "calib.txt", *CALIB, "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "stores under other names" in result.stderr and "--offload layers" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_streamed_score_through_the_python_api_keeps_the_result_in_memory(work):
+    """``depthprune.score(..., offload="layers")`` streams without an output path: scores are a result, not a file."""
+    import depthprune as dp
+
+    root, model, memory = work
+    report = dp.score(model, data=str(root / "calib.txt"), samples=4, seq_len=32, batch_size=2, offload="layers",
+                      progress=False)
+    assert report.scale["offload"] == "layers"
+    torch.testing.assert_close(torch.tensor(report.scores), torch.tensor(memory["scores"]), atol=1e-6, rtol=0)

@@ -152,7 +152,7 @@ def score(model, tokenizer=None, *, data: str | CalibrationSet = "builtin", metr
           samples: int = 128, seq_len: int = 512, batch_size: int = 8, seed: int = 0, text_field: str = "text",
           block_sizes: Sequence[int] = (1,), strategy: str | None = None, remove: int | None = None,
           protect_first: int = 0, protect_last: int = 0, dtype: str = "float32", device: str = "cpu",
-          offload: str = "none", activation_budget_mb: int = 1024, progress: bool = True,
+          offload: str = "none", activation_budget_mb: int | None = None, progress: bool = True,
           trust_remote_code: bool = False) -> ScoreReport:
     """Importance score of every decoder layer (0-based, original numbering; higher = more important).
 

@@ -133,10 +133,6 @@ def readback_line(readback: dict | None) -> str | None:
     return "; ".join(parts)
 
 
-__all__ = ["bench_comparison", "bench_single", "block_table", "footer", "perplexity_table", "readback_line", "score_table", "task_results",
-           "timings_line"]
-
-
 def search_summary(search: dict) -> Table:
     """``prune --auto``: the candidates it measured, as the report shows them."""
     data = search_table(search)
@@ -148,3 +144,13 @@ def search_summary(search: dict) -> Table:
         table.add_row(*[Text(str(c)) for c in row], style=style)
     table.caption = " ".join(data.notes)
     return table
+
+
+def print_plan(plan) -> None:
+    """Which executor runs the command and why the others were not used (one line each)."""
+    for note in plan.notes:
+        console.print(f"plan: {note}", highlight=False)
+
+
+__all__ = ["bench_comparison", "bench_single", "block_table", "footer", "perplexity_table", "print_plan", "readback_line", "score_table", "task_results",
+           "timings_line"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from depthprune.cli.base import console
-from depthprune.cli.output import (bench_comparison, block_table, footer, perplexity_table, score_table,
+from depthprune.cli.output import (bench_comparison, block_table, footer, perplexity_table, print_plan, score_table,
                                    search_summary, task_results)
 from depthprune.cli.run import command
 from depthprune.surgery.gguf_cut import gguf_output_paths
@@ -11,8 +11,7 @@ from depthprune.surgery.gguf_cut import gguf_output_paths
 
 def print_prune(state) -> None:
     report, rec, plan = state.report, state.recipe, state.plan
-    for note in plan.notes:
-        console.print(f"plan: {note}", highlight=False)
+    print_plan(plan)
     block = report.selection or {}
     if report.search:
         console.print(search_summary(report.search))

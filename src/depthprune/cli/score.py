@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from depthprune.cli.base import console
-from depthprune.cli.output import score_table, timings_line
+from depthprune.cli.output import print_plan, score_table, timings_line
 from depthprune.cli.run import command
 
 
@@ -11,6 +11,7 @@ def print_score(state) -> None:
     report = state.report
     if not state.extra.get("main_process", True):  # torchrun: rank 0 prints and writes
         return
+    print_plan(state.plan)
     chosen = set((report.selection or {}).get("removed_layers") or [])
     console.print(score_table(report.scores, chosen, report.metric))
     console.print(f"removal order (least important first): {report.removal_order}", highlight=False)

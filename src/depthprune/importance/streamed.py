@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ from depthprune.importance.loss_metrics import LayerCapture, _LayerCall, call_la
 from depthprune.importance.metrics import AngularDistance, LayerMetric
 from depthprune.arch.skeleton import layer_keys, meta_skeleton
 from depthprune.io.models import check_local_config
-from depthprune.io.safetensors import checkpoint_shards, read_header
+from depthprune.io.safetensors import TensorEntry, checkpoint_shards, read_header, read_tensor
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,11 @@ class StreamedModel:
         self.layers = self.layout.layers(self.model)
         self.num_layers = len(self.layers)
         self.where: dict[str, Path] = {}
+        self.entries: dict[str, TensorEntry] = {}
         for shard in checkpoint_shards(self.model_dir):
             for entry in read_header(shard)[0]:
                 self.where[entry.name] = shard
+                self.entries[entry.name] = entry
         self.keys = layer_keys(self.config, list(self.where), self.model, trust_remote_code)
         self.layer_tensors: list[list[str]] = [[] for _ in range(self.num_layers)]
         other: list[str] = []
@@ -168,32 +170,28 @@ class StreamedModel:
         if skipped:
             log.info("not loaded (not needed before the first layer): %s", ", ".join(skipped))
         self.weights_bytes = checkpoint_bytes(self.model_dir, dtype)
+        self._resident = needed
         self.resident_bytes = self._load(needed)
+        self._resident_loaded = True
         self._move_real_buffers(self.model)
         self.bytes_read = 0
         self.layer_bytes_max = 0
 
     def _load(self, keys: Sequence[str]) -> int:
-        """Read ``keys`` from the shards into the skeleton (cast to the scoring dtype); bytes now held."""
-        from safetensors import safe_open
-
-        by_shard: dict[Path, list[str]] = {}
-        for key in keys:
-            by_shard.setdefault(self.where[key], []).append(key)
+        """Read ``keys`` from the shards into the skeleton (cast to the scoring dtype); bytes now held. Each tensor
+        is read with plain file reads (:func:`read_tensor`), so at most one tensor is held twice while it is cast."""
         total = 0
         converted: dict[str, torch.Tensor] = {}
-        for shard, names in by_shard.items():
-            with safe_open(str(shard), framework="pt") as f:  # memory-mapped; closed (unmapped) right after
-                for name in names:
-                    tensor = f.get_tensor(name)
-                    dtype = self.dtype if tensor.is_floating_point() else None
-                    total += tensor.numel() * (tensor.element_size() if dtype is None else
-                                               torch.empty((), dtype=dtype).element_size())
-                    if name in self._names:
-                        self._set(self.model, name, self.device, value=tensor, dtype=dtype)
-                    else:
-                        converted[name] = tensor
-                    del tensor
+        for name in keys:
+            tensor = read_tensor(self.where[name], self.entries[name])
+            dtype = self.dtype if tensor.is_floating_point() else None
+            total += tensor.numel() * (tensor.element_size() if dtype is None else
+                                       torch.empty((), dtype=dtype).element_size())
+            if name in self._names:
+                self._set(self.model, name, self.device, value=tensor, dtype=dtype)
+            else:
+                converted[name] = tensor
+            del tensor
         if converted:
             self._load_converted(converted)
         return total
@@ -229,6 +227,13 @@ class StreamedModel:
             if buf.device.type not in ("meta", self.device.type):
                 self._set(module, name, self.device, value=buf)
 
+    def release_resident(self) -> None:
+        """Drop the tensors outside the layers (embeddings, norms) once every batch is captured: the layers need
+        only the captured inputs. :meth:`capture` reads them again when it is called next."""
+        for name in self._resident:
+            self._set(self.model, name, "meta")
+        self._resident_loaded = False
+
     def load_layer(self, index: int) -> nn.Module:
         size = self._load(self.layer_tensors[index])
         self.bytes_read += size
@@ -261,6 +266,10 @@ class StreamedModel:
 
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> LayerCapture:
         """The first layer's input and every layer's call arguments for one batch, from the model's own forward."""
+        if not self._resident_loaded:
+            self._load(self._resident)
+            self._move_real_buffers(self.model)
+            self._resident_loaded = True
         with capture_layer_calls(self.layers) as seen, self.stubbed_layers(), torch.inference_mode():
             try:
                 self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
@@ -307,7 +316,7 @@ class _PerBatchAngular:
         self.metric = metric
         self.states: dict[int, dict] = {}
 
-    def update(self, batch: int, layer: int, x_in, x_out, mask) -> None:
+    def update_batch(self, batch: int, layer: int, x_in, x_out, mask) -> None:
         self.metric._inputs = self.states.get(batch, {})
         self.metric.update(layer, x_in, x_out, mask)
         self.states[batch] = self.metric._inputs
@@ -323,25 +332,33 @@ def check_streamable(metric_names: Sequence[str]) -> None:
 
 def run_layer_metrics_streamed(streamed: StreamedModel, calibration: CalibrationSet, metrics: Sequence[LayerMetric],
                                *, batch_size: int = 8, activation_budget_bytes: int = 1 << 30,
-                               spill_dir: str | Path | None = None, progress: bool = True) -> StreamStats:
+                               spill_dir: str | Path | None = None, progress: bool = True,
+                               last_layer: int | None = None, after_layer: Callable[[int], None] | None = None
+                               ) -> StreamStats:
     """Feed every layer's input/output to ``metrics`` like :func:`depthprune.scoring.run_layer_metrics`,
-    holding one decoder layer at a time. Returns what was held and moved."""
+    holding one decoder layer at a time. Returns what was held and moved.
+
+    Layers are visited in order, every batch through a layer before the next layer: a metric that keeps state per
+    batch between layers has ``update_batch(batch, layer, x_in, x_out, mask)``, which is called instead of
+    ``update``. ``last_layer``: stop after this layer (the layers after it are never read). ``after_layer(i)`` runs
+    once every batch has been through layer ``i``."""
     t0 = time.perf_counter()
     store = ActivationStore(activation_budget_bytes, spill_dir)
-    angular = {id(m): _PerBatchAngular(m) for m in metrics if isinstance(m, AngularDistance)}
+    wrapped = [_PerBatchAngular(m) if isinstance(m, AngularDistance) else m for m in metrics]
     masks: list[torch.Tensor] = []
     calls: list[list[_LayerCall]] = []
     tokens = 0
+    end = streamed.num_layers if last_layer is None else last_layer + 1
     try:
         with torch.inference_mode():
             for b, (ids, mask) in enumerate(calibration.batches(batch_size)):
                 seen = streamed.capture(ids, mask)
                 store.put(b, seen.inputs[0])
-                calls.append([seen.calls[j] for j in range(streamed.num_layers)])
+                calls.append([seen.calls[j] for j in range(end)])
                 masks.append(mask.bool())
                 tokens += int(mask.sum())
-            for i in tqdm(range(streamed.num_layers), desc="scoring layers (streamed)", disable=not progress,
-                          unit="layer"):
+            streamed.release_resident()
+            for i in tqdm(range(end), desc="layers (streamed)", disable=not progress, unit="layer"):
                 layer = streamed.load_layer(i)
                 try:
                     for b in range(len(masks)):
@@ -352,21 +369,35 @@ def run_layer_metrics_streamed(streamed: StreamedModel, calibration: Calibration
                                 f"layer {i} produced NaN or inf activations in {x_out.dtype}; "
                                 "try --dtype float32 (or bfloat16 instead of float16)")
                         mask = masks[b].to(x_out.device)
-                        for metric in metrics:
-                            if id(metric) in angular:
-                                angular[id(metric)].update(b, i, x_in, x_out, mask)
+                        for metric in wrapped:
+                            if hasattr(metric, "update_batch"):
+                                metric.update_batch(b, i, x_in, x_out, mask)
                             else:
                                 metric.update(i, x_in, x_out, mask)
                         del x_in
                         store.put(b, x_out)
+                        del x_out
                 finally:
                     streamed.free_layer(i)
+                if after_layer is not None:
+                    after_layer(i)
     finally:
         peak, spilled = store.peak_memory_bytes, store.spilled_bytes
         store.close()
     return StreamStats(streamed.num_layers, streamed.weights_bytes, streamed.resident_bytes,
                        streamed.layer_bytes_max, int(activation_budget_bytes), peak, spilled, streamed.bytes_read,
                        time.perf_counter() - t0, tokens, str(streamed.device))
+
+
+DEFAULT_BUDGET_MAX = 1 << 30
+
+
+def activation_budget_bytes(streamed: StreamedModel, budget_mb: int | None) -> int:
+    """The activation budget in bytes: as given, or by default a tenth of the weights at the compute dtype and at
+    most 1 GiB, so that what streaming holds stays a small share of what loading the model would."""
+    if budget_mb is not None:
+        return int(budget_mb) << 20
+    return min(DEFAULT_BUDGET_MAX, streamed.weights_bytes // 10)
 
 
 def memory_available_bytes() -> int | None:
@@ -407,5 +438,5 @@ def should_stream(model_dir: str | Path, dtype: torch.dtype, *, headroom: float 
     return need > headroom * available
 
 
-__all__ = ["ActivationStore", "NOT_STREAMABLE", "StreamStats", "StreamedModel", "check_streamable",
+__all__ = ["ActivationStore", "DEFAULT_BUDGET_MAX", "NOT_STREAMABLE", "activation_budget_bytes", "StreamStats", "StreamedModel", "check_streamable",
            "checkpoint_bytes", "memory_available_bytes", "run_layer_metrics_streamed", "should_stream"]

@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM
 
 from depthprune.errors import DepthpruneError
 from depthprune.io.gguf import consistency_problems, read_header as read_gguf_header
+from depthprune.io.safetensors import checkpoint_shards, read_header, read_tensor
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,19 @@ def check_checkpoint(folder: Path, *, model=None, saved_dtype: str | None = None
     return result
 
 
+def check_tensors(folder: Path, expected: dict[str, torch.Tensor]) -> dict:
+    """The tensors written from new values (not copied byte for byte) read back bit-identical from ``folder``."""
+    started = time.perf_counter()
+    where = {e.name: (shard, e) for shard in checkpoint_shards(Path(folder)) for e in read_header(shard)[0]}
+    for name, value in expected.items():
+        if name not in where:
+            raise ReadbackError(f"the written checkpoint lacks {name}, which was written from a new value")
+        got = read_tensor(*where[name])
+        if got.dtype != value.dtype or got.shape != value.shape or not torch.equal(got, value.cpu()):
+            raise ReadbackError(f"{name} does not read back as the value that was written")
+    return {"tensors_written_from_values": len(expected), "tensors_seconds": round(time.perf_counter() - started, 3)}
+
+
 def check_gguf(path: Path, *, expected_blocks: int, per_layer_keys: tuple[str, ...] = ()) -> dict:
     """Header, block count and per-layer arrays of a written GGUF file."""
     started = time.perf_counter()
@@ -170,5 +184,5 @@ def check_gguf(path: Path, *, expected_blocks: int, per_layer_keys: tuple[str, .
             "structure_seconds": round(time.perf_counter() - started, 3)}
 
 
-__all__ = ["LOGIT_TOLERANCE", "ReadbackError", "check_checkpoint", "check_gguf", "check_logits", "check_structure",
+__all__ = ["LOGIT_TOLERANCE", "ReadbackError", "check_checkpoint", "check_gguf", "check_tensors", "check_logits", "check_structure",
            "probe_ids"]

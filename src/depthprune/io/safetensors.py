@@ -13,12 +13,17 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from depthprune.errors import DepthpruneError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 MAX_HEADER = 100 << 20  # safetensors itself refuses headers above 100 MB
 
 
@@ -142,4 +147,37 @@ def checkpoint_shards(model_dir: Path) -> list[Path]:
                           "save_pretrained(..., safe_serialization=True) first")
 
 
-__all__ = ["DTYPE_BYTES", "INDEX_NAME", "SINGLE_NAME", "TensorEntry", "checkpoint_shards", "read_header", "read_index"]
+def stored_names(model_dir: Path) -> set[str]:
+    """Every tensor name the checkpoint's shards hold (headers only)."""
+    return {e.name for shard in checkpoint_shards(Path(model_dir)) for e in read_header(shard)[0]}
+
+
+def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
+    """One tensor's bytes read into a fresh CPU tensor with plain file reads, not a memory map: the pages of a mapped
+    shard count as resident until it is unmapped, so reading a 600 MB layer through a map would hold it twice."""
+    dtype = TORCH_DTYPES.get(entry.dtype)
+    if dtype is None:
+        raise DepthpruneError(f"{path}: tensor {entry.name} has dtype {entry.dtype}, which torch cannot hold")
+    buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(entry.start)
+        view = memoryview(buffer.numpy())
+        done = 0
+        while done < entry.nbytes:
+            got = handle.readinto(view[done:])
+            if not got:
+                raise DepthpruneError(f"{path} is truncated: tensor {entry.name} runs past the end of the file")
+            done += got
+    return buffer.view(dtype).reshape(entry.shape)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, as safetensors stores them."""
+    flat = tensor.detach().contiguous().cpu().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+__all__ = ["DTYPE_BYTES", "DTYPE_NAMES", "TORCH_DTYPES", "read_tensor", "stored_names", "tensor_bytes", "INDEX_NAME", "SINGLE_NAME", "TensorEntry", "checkpoint_shards", "read_header", "read_index"]

@@ -468,9 +468,10 @@ class RuntimeRecipe(Section):
         "pass, layer streaming when the weights do not fit in memory), layers: one decoder layer at a time from a "
         "safetensors directory, none: the whole model in memory.", stage="load", metavar="MODE",
         commands=("prune", "score"))
-    activation_budget_mb: int = opt(1024, "With layer streaming: activations kept in memory while scoring (the rest "
-                                    "is spilled to disk).", stage="score", ge=1, metavar="MB",
-                                    commands=("prune", "score"))
+    activation_budget_mb: Optional[int] = opt(
+        None, "With layer streaming: activations kept in memory while scoring or fitting a linear repair (the rest "
+        "is spilled to disk and read back in order). Default: a tenth of the weights at the compute dtype, at most "
+        "1024.", stage="score", ge=1, metavar="MB", commands=("prune", "score"))
 
 
 SECTIONS: dict[str, type[Section]] = {

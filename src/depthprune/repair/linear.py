@@ -44,9 +44,11 @@ from depthprune.arch.layout import layout, num_layers
 from depthprune.io.data import CalibrationSet
 from depthprune.errors import DepthpruneError
 from depthprune.importance.scoring import _first_tensor, run_layer_metrics
+from depthprune.importance.streamed import ActivationStore, StreamedModel, run_layer_metrics_streamed
+from depthprune.io.safetensors import TORCH_DTYPES
 from depthprune.surgery.in_memory import pruned_copy, remove_layers, validate_layer_indices
 from depthprune.repair.families import FoldSpec, fold_spec
-from depthprune.repair.folding import capture_module, fold_map
+from depthprune.repair.folding import capture_module, fold_map, projections
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class LinearRepairReport:
     runs: list[RunFit] = field(default_factory=list)
     cosine_steps: int | None = None
     cosine_tokens: int | None = None
+    streamed: dict | None = None  # layer-streamed fit: layers read, bytes read, activations held and spilled
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -398,6 +401,130 @@ def fit_linear_maps(dense: nn.Module, calibration: CalibrationSet, removed: Sequ
     stats = collect_statistics(dense, calibration, removed, keep_tokens=cosine_tokens if objective == "cosine" else 0,
                                batch_size=batch_size, progress=progress)
     return solve_maps(stats, objective=objective, ridge=ridge, cosine_steps=cosine_steps)
+
+
+class _StreamedMapFit:
+    """:class:`_MapFitMetric` for a layer-streamed pass, which sends every batch through a layer before the next
+    layer: each batch's ``(m, h)`` at the source layer waits in an :class:`ActivationStore` (in memory up to its
+    budget, on disk beyond it) until the run's last layer gives ``y``; the same ``_Accumulator.add`` then takes
+    them, batch by batch in the same order as in memory."""
+
+    name = "repair-maps"
+    _STRIDE = 1 << 24  # store keys: one range per layer
+
+    def __init__(self, runs: list[Run], captured: dict[int, torch.Tensor], accs: dict[Run, _Accumulator],
+                 store: ActivationStore):
+        self.by_source = {r.source: r for r in runs}
+        self.by_last = {r.last: r for r in runs}
+        self.captured, self.accs, self.store = captured, accs, store
+
+    def _key(self, layer: int, batch: int, part: int) -> int:
+        return 2 * (layer * self._STRIDE + batch) + part
+
+    def update_batch(self, batch: int, layer: int, x_in: torch.Tensor, x_out: torch.Tensor, mask: torch.Tensor
+                     ) -> None:
+        mask = mask.to(x_out.device, torch.bool)
+        if layer in self.by_source:
+            m = self.captured.pop(layer).to(x_out.device).reshape(x_out.shape)
+            self.store.put(self._key(layer, batch, 0), m[mask])
+            self.store.put(self._key(layer, batch, 1), (x_out - m)[mask])
+        if layer in self.by_last:
+            run = self.by_last[layer]
+            m, h = (self.store.get(self._key(run.source, batch, k)) for k in (0, 1))
+            self.accs[run].add(m, h, x_out[mask], mask.nonzero()[:, 0], int(mask.shape[0]))
+            for k in (0, 1):
+                self.store.drop(self._key(run.source, batch, k))
+
+
+def fit_linear_maps_streamed(streamed: StreamedModel, calibration: CalibrationSet, removed: Sequence[int], *,
+                             ridge: float | None = None, batch_size: int = 8, activation_budget_bytes: int = 1 << 30,
+                             progress: bool = True) -> tuple[dict[int, torch.Tensor], LinearRepairReport]:
+    """:func:`fit_linear_maps` (objective lstsq) for a model read one decoder layer at a time: one streamed pass of
+    the dense layers up to the last removed layer. A run's sums exist only from its source layer to its last layer;
+    its map is solved as soon as that layer is done and the sums are freed, so memory holds one layer, the
+    activations within the budget and the sums of the runs in flight (4 d x d float64 matrices each)."""
+    start = time.perf_counter()
+    spec = fold_spec(streamed.config)
+    runs = removed_runs(removed, streamed.num_layers)
+    accs = {r: _Accumulator(spec.diagonal, 0) for r in runs}
+    by_last = {r.last: r for r in runs}
+    maps: dict[int, torch.Tensor] = {}
+    fits: list[RunFit] = []
+    half = int(activation_budget_bytes) // 2  # the budget is shared: layer activations and the waiting (m, h)
+    store = ActivationStore(half)
+
+    def solve(layer: int) -> None:
+        run = by_last.get(layer)
+        if run is None:
+            return
+        part = RunStatistics([run], {run: accs.pop(run)}, spec.diagonal, 0, 0.0)
+        solved, report = solve_maps(part, objective="lstsq", ridge=ridge)
+        maps[run.source] = solved[run.source].float()
+        fits.extend(report.runs)
+
+    try:
+        with _capture_mlp_outputs(streamed.layers, [r.source for r in runs], spec) as captured:
+            stats = run_layer_metrics_streamed(streamed, calibration, [_StreamedMapFit(runs, captured, accs, store)],
+                                               batch_size=batch_size, activation_budget_bytes=half,
+                                               progress=progress, last_layer=max(r.last for r in runs),
+                                               after_layer=solve)
+    finally:
+        waiting = {"peak_bytes": store.peak_memory_bytes, "spilled_bytes": store.spilled_bytes}
+        store.close()
+    report = LinearRepairReport("lstsq", ridge, spec.diagonal, stats.tokens, time.perf_counter() - start, fits,
+                                streamed={"layers_read": max(r.last for r in runs) + 1, "bytes_read": stats.bytes_read,
+                                          "activation_budget_bytes": int(activation_budget_bytes),
+                                          "activation_peak_bytes": stats.activation_peak_bytes,
+                                          "activation_spilled_bytes": stats.spilled_bytes,
+                                          "source_outputs_peak_bytes": waiting["peak_bytes"],
+                                          "source_outputs_spilled_bytes": waiting["spilled_bytes"]})
+    return maps, report
+
+
+def fold_target_names(model: nn.Module, index: int) -> list[str]:
+    """The full names of the parameters that :func:`fold_map` changes in decoder layer ``index`` of ``model`` (a
+    meta skeleton will do)."""
+    spec = fold_spec(model.config)
+    layer = layout(model).layers(model)[index]
+    prefix = next(name for name, module in model.named_modules() if module is layer)
+    paths = [path for path, _ in projections(layer, spec)]
+    return [f"{prefix}.{name}" for name, _ in layer.named_parameters()
+            if any(name == p or name.startswith(p + ".") for p in paths)]
+
+
+def unstored_fold_target(model: nn.Module, stored: set[str]) -> str | None:
+    """The first parameter a fold would change that the checkpoint does not store under the model's own name (e.g.
+    fused expert tensors that transformers builds from per-expert ones on load), or None. A streamed repair writes
+    the folded tensors in place of the stored ones, so it needs them stored as the model names them."""
+    for index in range(len(layout(model).layers(model))):
+        for name in fold_target_names(model, index):
+            if name not in stored:
+                return name
+    return None
+
+
+def fold_into_streamed_layers(streamed: StreamedModel, maps: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fold each map into its source layer read from the checkpoint; returns the changed tensors under their
+    checkpoint names, cast back to the checkpoint's dtype (what an in-memory repair saves with ``--save-dtype auto``).
+    Only the folded projections change; the rest of the checkpoint is copied byte for byte."""
+    spec = fold_spec(streamed.config)
+    missing = unstored_fold_target(streamed.model, set(streamed.entries))
+    if missing is not None:
+        raise DepthpruneError(f"the folded tensor {missing} is stored under other names in the checkpoint; "
+                              "repair this model in memory (--offload none)")
+    changed: dict[str, torch.Tensor] = {}
+    for source, T in sorted(maps.items()):
+        names = fold_target_names(streamed.model, source)
+        layer = streamed.load_layer(source)
+        try:
+            fold_map(layer, spec, T)
+            params = dict(streamed.model.named_parameters())
+            for key in names:
+                entry = streamed.entries[key]
+                changed[key] = params[key].detach().to(TORCH_DTYPES[entry.dtype]).clone()
+        finally:
+            streamed.free_layer(source)
+    return changed
 
 
 def fold_linear_maps(pruned: nn.Module, maps: dict[int, torch.Tensor], removed: Sequence[int], total: int) -> None:

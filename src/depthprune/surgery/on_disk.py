@@ -19,14 +19,17 @@ import logging
 import shutil
 import struct
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
+
+import torch
 
 from depthprune.arch.skeleton import layer_keys
 from depthprune.errors import DepthpruneError
 from depthprune.io.models import check_local_config
-from depthprune.io.safetensors import INDEX_NAME, SINGLE_NAME, TensorEntry, checkpoint_shards, read_header
+from depthprune.io.safetensors import (DTYPE_NAMES, INDEX_NAME, SINGLE_NAME, TensorEntry, checkpoint_shards,
+                                       read_header, tensor_bytes)
 from depthprune.io.readback import check_checkpoint
 from depthprune.io.writer import OutputSpec, transaction
 from depthprune.surgery.in_memory import shrink_config, validate_layer_indices
@@ -54,6 +57,7 @@ class CheckpointPruneResult:
     shards: list[str]
     seconds: float
     model_type: str | None = None
+    replaced: dict[str, str] = field(default_factory=dict)  # written from new values: new name -> source name
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,8 +70,12 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _write_shard(path: Path, source: Path, tensors: list[tuple[str, TensorEntry]], metadata: dict) -> int:
-    """Write a safetensors file holding ``tensors`` (new name, entry in ``source``) by copying their bytes."""
+def _write_shard(path: Path, source: Path, tensors: list[tuple[str, TensorEntry]], metadata: dict,
+                 replacements: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Write a safetensors file holding ``tensors`` (new name, entry in ``source``) by copying their bytes; a
+    tensor named (by its source name) in ``replacements`` is written from that tensor instead, which must have the
+    entry's dtype and shape."""
+    replacements = replacements or {}
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, entry in tensors:
@@ -79,6 +87,9 @@ def _write_shard(path: Path, source: Path, tensors: list[tuple[str, TensorEntry]
         dst.write(struct.pack("<Q", len(raw)))
         dst.write(raw)
         for _, entry in tensors:
+            if entry.name in replacements:
+                dst.write(_replacement_bytes(entry, replacements[entry.name]))
+                continue
             src.seek(entry.start)
             left = entry.nbytes
             while left:
@@ -88,6 +99,13 @@ def _write_shard(path: Path, source: Path, tensors: list[tuple[str, TensorEntry]
                 dst.write(chunk)
                 left -= len(chunk)
     return offset
+
+
+def _replacement_bytes(entry: TensorEntry, tensor: torch.Tensor) -> memoryview:
+    if DTYPE_NAMES.get(tensor.dtype) != entry.dtype or list(tensor.shape) != list(entry.shape):
+        raise DepthpruneError(f"the new value of {entry.name} is {DTYPE_NAMES.get(tensor.dtype)} {list(tensor.shape)}, "
+                              f"but the checkpoint stores {entry.dtype} {entry.shape}")
+    return tensor_bytes(tensor)
 
 
 def _copy_side_files(model_dir: Path, out: Path) -> list[str]:
@@ -100,10 +118,12 @@ def _copy_side_files(model_dir: Path, out: Path) -> list[str]:
     return copied
 
 
-def cut_checkpoint(model_dir: str | Path, layers: Sequence[int], dest: Path, *,
-                   trust_remote_code: bool = False) -> CheckpointPruneResult:
+def cut_checkpoint(model_dir: str | Path, layers: Sequence[int], dest: Path, *, trust_remote_code: bool = False,
+                   replacements: Mapping[str, torch.Tensor] | None = None) -> CheckpointPruneResult:
     """Write ``model_dir`` minus ``layers`` (0-based) into the folder ``dest``: new shards, index, config, side
-    files. ``dest`` is the writer's staging folder (:func:`depthprune.io.writer.transaction`)."""
+    files. ``dest`` is the writer's staging folder (:func:`depthprune.io.writer.transaction`). ``replacements``:
+    new values of kept tensors, by their name in ``model_dir`` (a folded repair map); everything else is copied."""
+    replacements = dict(replacements or {})
     t0 = time.perf_counter()
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
@@ -133,10 +153,15 @@ def cut_checkpoint(model_dir: str | Path, layers: Sequence[int], dest: Path, *,
         if kept:
             plan.append((path, kept, metadata))
 
+    kept_names = {e.name: new for _, tensors, _ in plan for new, e in tensors}
+    stray = sorted(set(replacements) - set(kept_names))
+    if stray:
+        raise DepthpruneError(f"cannot write a new value of {stray[0]}: the cut checkpoint does not keep it")
+    replaced = {kept_names[old]: old for old in replacements}
     written, names, weight_map = 0, [], {}
     for k, (source, tensors, metadata) in enumerate(plan):
         name = SINGLE_NAME if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
-        written += _write_shard(dest / name, source, tensors, metadata)
+        written += _write_shard(dest / name, source, tensors, metadata, replacements)
         names.append(name)
         weight_map.update({t: name for t, _ in tensors})
         log.info("wrote %s (%d tensors)", name, len(tensors))
@@ -147,7 +172,7 @@ def cut_checkpoint(model_dir: str | Path, layers: Sequence[int], dest: Path, *,
     _copy_side_files(model_dir, dest)
     return CheckpointPruneResult(str(dest), removed, keep, lk.num_layers, len(keep), params_before, params_after,
                                  written, names, round(time.perf_counter() - t0, 3),
-                                 getattr(config, "model_type", None))
+                                 getattr(config, "model_type", None), dict(sorted(replaced.items())))
 
 
 def prune_checkpoint(model_dir: str | Path, layers: Sequence[int], out: str | Path, *, overwrite: bool = False,

@@ -18,13 +18,14 @@ from depthprune.importance import distributed
 from depthprune.importance.metrics import make_metric
 from depthprune.importance.scores import MetricScores, compute_scores
 from depthprune.importance.scoring import run_layer_metrics
-from depthprune.importance.streamed import run_layer_metrics_streamed
+from depthprune.importance.streamed import activation_budget_bytes, run_layer_metrics_streamed
 from depthprune.io.data import build_calibration
 from depthprune.io.formats.hf import resolve_save_dtype
 from depthprune.pipeline.state import RunState, source_info
 from depthprune.quantization.weights import quantize_model
 from depthprune.reporting.records import ScoreReport
-from depthprune.repair.linear import fit_linear_maps, fold_linear_maps
+from depthprune.repair.linear import (fit_linear_maps, fit_linear_maps_streamed, fold_into_streamed_layers,
+                                     fold_linear_maps)
 from depthprune.repair.lora import lora_repair, repair_data
 from depthprune.selection.counts import ascending_order, removal_count
 from depthprune.selection.strategies import apply_selection, choose_from_scores, select
@@ -81,7 +82,8 @@ def _score_streaming(state: RunState, metric: str) -> None:
     scale: dict = {"offload": "layers" if state.streamed is not None else "none"}
     if state.streamed is not None:
         stats = run_layer_metrics_streamed(state.streamed, part, metrics, batch_size=cal.batch_size,
-                                           activation_budget_bytes=int(rt.activation_budget_mb) << 20,
+                                           activation_budget_bytes=activation_budget_bytes(
+                                               state.streamed, rt.activation_budget_mb),
                                            progress=state.progress)
         local_tokens = stats.tokens
         scale["stream"] = stats.to_json()
@@ -255,6 +257,9 @@ def repair(state: RunState) -> None:
     """Repair the pruned model in order (linear, then lora); the dense model is read, never changed."""
     rec = state.recipe
     rep, cal = rec.repair, rec.calibration
+    if state.streamed is not None:
+        _repair_streamed(state)
+        return
     dense = state.dense
     report: dict = {"methods": list(rep.methods), "settings": rep.model_dump(mode="json")}
     if "linear" in rep.methods:
@@ -278,6 +283,27 @@ def repair(state: RunState) -> None:
         raise DepthpruneError(f"the repair produced non-finite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}); "
                               "nothing was saved: lower --repair-lr or use another --repair method")
     state.repair = report
+
+
+def _repair_streamed(state: RunState) -> None:
+    """Linear repair of a layer-streamed model: the maps are fitted in one streamed pass of the dense layers up to
+    the last removed one and folded into the kept source layers read once more; the write stage copies the rest of
+    the checkpoint byte for byte and writes the folded tensors from these values."""
+    rec = state.recipe
+    rep, cal = rec.repair, rec.calibration
+    maps, linear = fit_linear_maps_streamed(state.streamed, state.calibration, state.removed, ridge=rep.ridge,
+                                            batch_size=cal.batch_size,
+                                            activation_budget_bytes=activation_budget_bytes(
+                                                state.streamed, rec.runtime.activation_budget_mb),
+                                            progress=state.progress)
+    replacements = fold_into_streamed_layers(state.streamed, maps)
+    bad = [name for name, t in replacements.items() if not bool(t.float().isfinite().all())]
+    if bad:
+        raise DepthpruneError(f"the repair produced non-finite weights ({bad[0]}); nothing was saved: give "
+                              "--repair-ridge a larger value")
+    state.extra["replacements"] = replacements
+    state.repair = {"methods": list(rep.methods), "settings": rep.model_dump(mode="json"), "linear": linear.to_json(),
+                    "streamed": {"folded_tensors": sorted(replacements)}}
 
 
 def quantize(state: RunState) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from depthprune.io.formats.gguf_export import export_gguf
 from depthprune.io.formats.hf import resolve_save_dtype, save_checkpoint
 from depthprune.io.gguf import read_header as read_gguf_header
-from depthprune.io.readback import check_checkpoint, check_gguf
+from depthprune.io.readback import check_checkpoint, check_gguf, check_tensors
 from depthprune.io.writer import OutputSpec, Staging, transaction, weights_bytes
 from depthprune.pipeline.state import RunState, source_info
 from depthprune.reporting.card import model_card
@@ -221,7 +221,9 @@ def write_prune_on_disk(state: RunState) -> None:
     spec = _spec(state)
     with _Timed(state, spec) as staging:
         root = staging.location
-        cut = cut_checkpoint(plan.source.path, state.removed, root, trust_remote_code=rec.runtime.trust_remote_code)
+        replacements = state.extra.get("replacements") or {}
+        cut = cut_checkpoint(plan.source.path, state.removed, root, trust_remote_code=rec.runtime.trust_remote_code,
+                             replacements=replacements)
         state.num_layers = cut.num_layers_before
         state.params_before = cut.params_before
         state.extra["params_after"] = cut.params_after
@@ -230,6 +232,8 @@ def write_prune_on_disk(state: RunState) -> None:
         report.checkpoint_bytes = cut.bytes_written
         started = time.perf_counter()
         state.readback = check_checkpoint(root, trust_remote_code=rec.runtime.trust_remote_code)
+        if cut.replaced:
+            state.readback.update(check_tensors(root, {new: replacements[old] for new, old in cut.replaced.items()}))
         state.readback["seconds"] = round(time.perf_counter() - started, 3)
         report.readback = state.readback
         record = {**report.to_json(), "cut": cut.to_json()}
