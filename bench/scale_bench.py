@@ -92,6 +92,20 @@ def job_score(path: str, mode: str, samples: int, seq_len: int, batch: int, budg
             "scores": report.scores, "scale": report.scale}
 
 
+def job_runtime(path: str, dtype: str) -> dict:
+    """What the runtime holds before any weight: RSS once the model's code is imported and its weightless skeleton
+    built (a StreamedModel, minus the embeddings it reads), above the import baseline."""
+    import torch
+
+    from depthprune.importance.streamed import StreamedModel
+
+    torch.set_num_threads(1)
+    base = rss_now()
+    streamed = StreamedModel(path, dtype=getattr(torch, dtype))
+    streamed.release_resident()
+    return {"baseline_rss": base, "runtime_rss": rss_now(), "runtime_above_baseline": rss_now() - base}
+
+
 def job_prune(path: str, mode: str, out: str, layers: list[int]) -> dict:
     import torch
 
@@ -141,14 +155,23 @@ def main() -> None:
     parser.add_argument("--skip-score", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
     parser.add_argument("--skip-torchrun", action="store_true")
+    parser.add_argument("--runtime-only", action="store_true",
+                        help="add the runtime's own RSS (model code imported, skeleton built) to --out's sizes")
     args = parser.parse_args()
     if args.job:
         name, *rest = json.loads(args.job)
-        result = {"make": job_make, "score": job_score, "prune": job_prune}[name](*rest)
+        result = {"make": job_make, "score": job_score, "prune": job_prune, "runtime": job_runtime}[name](*rest)
         print(json.dumps(result))
         return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
+    if args.runtime_only:
+        data = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        for size in data["sizes"]:
+            data["sizes"][size]["runtime"] = child(["runtime", str(root / size), data.get("dtype", "float32")])
+        Path(args.out).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps({k: v["runtime"] for k, v in data["sizes"].items()}))
+        return
     results: dict = {"command": " ".join(["python3", "bench/scale_bench.py", *sys.argv[1:]]),
                      "samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size,
                      "activation_budget_mb": args.budget_mb, "dtype": args.dtype, "threads": 1, "sizes": {}}

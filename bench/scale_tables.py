@@ -28,17 +28,19 @@ def main(paths: list[str]) -> None:
         torchrun = data.get("torchrun", torchrun)
     if rows:
         print("| model | checkpoint (bf16) | weights at scoring dtype | tokens | in-memory peak RSS | streamed peak RSS | "
-              "streamed above import baseline / weights at scoring dtype | time streamed / in-memory | "
-              "activations spilled | max abs score diff |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "streamed above import baseline / weights at scoring dtype | streamed above the runtime / weights at "
+              "scoring dtype | time streamed / in-memory | activations spilled | max abs score diff |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for size, e, data in rows:
             m, s = e["memory"], e["streamed"]
             scoring = e.get("scoring_weights_bytes", e["weights_bytes"])
             above = (s["peak_rss"] - s["baseline_rss"]) / scoring
             spilled = s["stream"]["spilled_bytes"]
+            runtime = e.get("runtime", {}).get("runtime_rss")
+            over_runtime = f"{(s['peak_rss'] - runtime) / scoring:.2f}x" if runtime else "not measured"
             print(f"| {size} | {e['weights_bytes'] / GIB:.2f} GiB | {scoring / GIB:.2f} GiB ({data.get('dtype', 'bfloat16')}) | "
                   f"{data['samples']} x {data['seq_len']} | {m['peak_rss'] / GIB:.2f} GiB | {s['peak_rss'] / GIB:.2f} GiB | "
-                  f"{above:.2f}x | {e['time_ratio_streamed_over_memory']:.2f} ({s['seconds']:.1f} s / {m['seconds']:.1f} s) | "
+                  f"{above:.2f}x | {over_runtime} | {e['time_ratio_streamed_over_memory']:.2f} ({s['seconds']:.1f} s / {m['seconds']:.1f} s) | "
                   f"{spilled / GIB:.2f} GiB (budget {data['activation_budget_mb']} MiB) | {e['max_abs_score_diff']:.1e} |")
         print()
     if prune:

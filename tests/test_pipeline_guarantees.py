@@ -165,7 +165,7 @@ def test_eval_writes_nothing_into_the_model(work, capsys, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("flags,conflict", [
-    (["--quantize", "int8"], "--quantize"), (["--repair", "lora"], "--repair lora"),
+    (["--quantize", "int8"], "--quantize"), (["--repair", "lora", "--repair-data", "builtin"], "--repair lora"),
     (["--repair", "linear", "--repair-objective", "cosine"], "--repair-objective cosine"),
     (["--save-dtype", "bfloat16"], "--save-dtype"), (["--eval-ppl", "builtin:heldout"], "--eval-ppl")])
 def test_offload_layers_refuses_what_it_cannot_honour(work, capsys, tmp_path, flags, conflict):

@@ -14,9 +14,12 @@ layer (embeddings, position embeddings, the final norm; never the LM head) are l
    (:meth:`depthprune.metrics.LayerMetric.update`, same order of additions per layer as in-memory
    scoring), the output replaces the input, and the layer goes back to the meta device.
 
-Activations between layers live in an :class:`ActivationStore`: in memory up to a byte budget, spilled
-to disk (safetensors files in a private temp directory) beyond it. Peak memory is about one layer +
-the embeddings + the activation budget, independent of depth.
+Tensors are read with plain file reads, not memory maps (a mapped shard's pages count as resident until it is
+unmapped), and the embeddings are dropped once every batch is captured. Activations between layers live in an
+:class:`ActivationStore`: in memory up to a byte budget, spilled to disk (safetensors files in a private temp
+directory) beyond it and read back in order. Peak memory is about one layer (plus one tensor at the checkpoint's
+dtype while it is cast) + the activation budget + the per-batch call arguments (rotary tables, masks), independent
+of depth; the embeddings count only while the batches are captured.
 
 What cannot stream: ``taylor`` needs a backward pass through the whole model; ``ppl`` (and greedy-ppl)
 re-run every layer after each candidate, i.e. one activation set per candidate; both are refused here.
@@ -27,6 +30,8 @@ per-batch state is swapped in and out around each update.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -55,6 +60,25 @@ NOT_STREAMABLE = {
     "taylor": "taylor needs a backward pass through the whole model at once",
     "ppl": "ppl re-runs every layer after each skipped candidate, which needs one activation set per candidate",
 }
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed inside the process back to the OS (glibc ``malloc_trim``; a no-op elsewhere). A layer's
+    tensors are tens of MB, below glibc's mmap threshold once it has adapted, so freed layers stay in the heap and
+    the resident set would grow by about one layer per layer streamed; trimming after each keeps it flat."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class _StopAfterCapture(Exception):
@@ -233,6 +257,7 @@ class StreamedModel:
         for name in self._resident:
             self._set(self.model, name, "meta")
         self._resident_loaded = False
+        return_freed_memory()
 
     def load_layer(self, index: int) -> nn.Module:
         size = self._load(self.layer_tensors[index])
@@ -246,6 +271,7 @@ class StreamedModel:
         for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
             if tensor.device.type != "meta" and name not in self._skeleton_real[index]:
                 self._set(layer, name, "meta")
+        return_freed_memory()
 
     @contextlib.contextmanager
     def stubbed_layers(self) -> Iterator[None]:
@@ -293,7 +319,7 @@ class StreamStats:
 
     num_layers: int
     weights_bytes: int          # all checkpoint tensors at the scoring dtype
-    resident_bytes: int         # tensors outside the layers kept for the whole run (embeddings, norm)
+    resident_bytes: int         # tensors outside the layers, held while the batches are captured (embeddings, norm)
     layer_bytes_max: int        # the largest decoder layer
     activation_budget_bytes: int
     activation_peak_bytes: int  # most activation bytes held in memory at once
@@ -439,4 +465,4 @@ def should_stream(model_dir: str | Path, dtype: torch.dtype, *, headroom: float 
 
 
 __all__ = ["ActivationStore", "DEFAULT_BUDGET_MAX", "NOT_STREAMABLE", "activation_budget_bytes", "StreamStats", "StreamedModel", "check_streamable",
-           "checkpoint_bytes", "memory_available_bytes", "run_layer_metrics_streamed", "should_stream"]
+           "checkpoint_bytes", "memory_available_bytes", "return_freed_memory", "run_layer_metrics_streamed", "should_stream"]
