@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCORE = ["bench/results/scale_32x256.json", "bench/results/scale_128x2048.json"]
+SCORE = ["bench/results/scale_32x256.json", "bench/results/scale_32x256_1.5b.json", "bench/results/scale_128x2048.json"]
 LARGE = ["bench/results/larger_than_ram.json"]
 EARLIER = ["bench/results/scale_prune.json", "bench/results/scale_small.json"]  # on-disk prune and torchrun rows
 

@@ -96,3 +96,31 @@ def test_offload_auto_streams_only_when_the_weights_do_not_fit(tmp_path, monkeyp
     demo = Recipe.for_command("score", "smollm2-135m", runtime={"offload": "layers"}, output={"path": "s.json"})
     with pytest.raises(DepthpruneError, match="needs a local safetensors checkpoint"):
         planner.choose_executor(demo, planner.ModelSource("smollm2-135m", "demo"))
+
+
+@pytest.mark.parametrize("selection, extra, fits, executor", [
+    ({"layers": [1, 2]}, {}, True, "on-disk"),                       # nothing needs a forward pass: cut on disk
+    ({"scores": "SCORES", "remove": 2}, {}, False, "on-disk"),       # even when it would not fit
+    ({"layers": [1, 2]}, {"evaluation": {"ppl": "builtin"}}, True, "in-memory"),
+    ({"remove": 2}, {}, True, "in-memory"),
+    ({"remove": 2}, {}, False, "layer-streamed"),                    # scoring a model that does not fit
+    ({"layers": [1, 2]}, {"repair": {"methods": ["linear"]}}, True, "in-memory"),
+    ({"layers": [1, 2]}, {"repair": {"methods": ["linear"]}}, False, "layer-streamed"),
+    ({"remove": 2}, {"repair": {"methods": ["lora"], "data": "builtin"}}, False, "in-memory"),  # lora: whole model
+])
+def test_prune_defaults_to_the_fastest_path_that_fits(tmp_path, monkeypatch, selection, extra, fits, executor):
+    """``--offload auto`` (the default) for prune: the plan's executor, from the checkpoint's headers alone."""
+    from depthprune.importance import streamed
+    from depthprune.io.sources import inspect_source
+    from depthprune.pipeline import plan as planner
+    from depthprune.recipe.schema import Recipe
+
+    tiny_model("llama").save_pretrained(tmp_path / "ckpt")
+    need = streamed.checkpoint_bytes(tmp_path / "ckpt", torch.float32)
+    monkeypatch.setattr(planner, "memory_available_bytes", lambda: 10 * need if fits else need // 2)
+    selection = {k: (str(tmp_path / "s.json") if v == "SCORES" else v) for k, v in selection.items()}
+    recipe = Recipe.for_command("prune", str(tmp_path / "ckpt"), selection=selection,
+                                output={"path": str(tmp_path / "out")}, **extra)
+    chosen, notes = planner.choose_executor(recipe, inspect_source(str(tmp_path / "ckpt")))
+    assert chosen == executor, notes
+    assert notes[0].startswith(executor)

@@ -419,6 +419,14 @@ def input_device(model: nn.Module):
     return model.get_input_embeddings().weight.device
 
 
+def weight_bytes(model: nn.Module, *, buffers: bool = False) -> int:
+    """Bytes the model's parameters (and, with ``buffers``, its buffers) take at their dtypes; tied weights once."""
+    tensors = {id(p): p for p in model.parameters()}
+    if buffers:
+        tensors.update({id(b): b for b in model.buffers()})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def parameter_count(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     seen: set[int] = set()

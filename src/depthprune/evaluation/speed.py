@@ -46,7 +46,7 @@ from depthprune.errors import DepthpruneError
 from depthprune.io.loading import as_loaded
 from depthprune._version import library_versions
 from depthprune.arch.layout import input_device
-from depthprune.arch.layout import parameter_count
+from depthprune.arch.layout import parameter_count, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -413,8 +413,7 @@ def _prepare(name: str, model, seq_lens, prompt_len, decode_tokens, batch_size, 
 def _result(m: _Model, settings: dict, method: str) -> BenchResult:
     model = m.model
     device = input_device(model)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = weight_bytes(model, buffers=True)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return BenchResult(model=m.name, model_type=getattr(model.config, "model_type", None),
                        num_layers=num_layers(getattr(model.config, "text_config", None) or model.config),

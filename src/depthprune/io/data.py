@@ -56,6 +56,11 @@ SELF_GENERATION_BATCH = 8  # 'self' text is sampled in groups of this size, inde
 OVERSAMPLE = 4
 
 
+def batch_count(samples: int, batch_size: int) -> int:
+    """Batches of at most ``batch_size`` that ``samples`` sequences make (the last may be smaller)."""
+    return -(-samples // batch_size)
+
+
 @dataclass
 class CalibrationSet:
     """Token windows with their masks: ``input_ids`` and ``attention_mask`` are (N, T)."""
@@ -83,7 +88,7 @@ class CalibrationSet:
         return self.input_ids.shape[0]
 
     def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+        return batch_count(len(self), batch_size)
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size < 1:

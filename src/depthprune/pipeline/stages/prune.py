@@ -19,7 +19,7 @@ from depthprune.importance.metrics import make_metric
 from depthprune.importance.scores import MetricScores, compute_scores
 from depthprune.importance.scoring import run_layer_metrics
 from depthprune.importance.streamed import activation_budget_bytes, run_layer_metrics_streamed
-from depthprune.io.data import build_calibration
+from depthprune.io.data import batch_count, build_calibration
 from depthprune.io.formats.hf import resolve_save_dtype
 from depthprune.pipeline.state import RunState, source_info
 from depthprune.quantization.weights import quantize_model
@@ -94,7 +94,7 @@ def _score_streaming(state: RunState, metric: str) -> None:
     if info is not None:
         distributed.all_reduce_metrics(metrics, device)
         info.samples_per_rank = samples
-        info.batches_per_rank = [-(-k // cal.batch_size) for k in samples]  # each rank batches its own share
+        info.batches_per_rank = [batch_count(k, cal.batch_size) for k in samples]  # each rank batches its own share
         info.tokens_per_rank = distributed.gather_counts(local_tokens, device)
         scale["distributed"] = info.to_json()
         tokens = sum(info.tokens_per_rank)

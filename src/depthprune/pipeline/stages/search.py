@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from depthprune.arch.layout import parameter_count
+from depthprune.arch.layout import parameter_count, weight_bytes
 from depthprune.importance.scores import MetricScores
 from depthprune.pipeline.auto import search
 from depthprune.pipeline.stages.prune import check_kept_layers, removal_count_of
@@ -30,8 +30,7 @@ def auto_search(state: RunState) -> None:
     rec = state.recipe
     dense = state.model
     started = state.extra.get("started", time.perf_counter())
-    weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
-    reserve = SAVE_RESERVE_FLOOR + min(2.0 * state.timings.get("loading", 0.0), weight_bytes / SAVE_BYTES_PER_SECOND)
+    reserve = SAVE_RESERVE_FLOOR + min(2.0 * state.timings.get("loading", 0.0), weight_bytes(dense) / SAVE_BYTES_PER_SECOND)
     result = search(dense, state.calibration, removal_count_of(state), rec, deadline=started + rec.search.budget_seconds,
                     reserve=reserve, progress=state.progress,
                     structure_ok=lambda removed: structure_refusal(
