@@ -155,7 +155,7 @@ def main() -> None:
     }
     for step in args.steps.split(","):
         print(f"{step}: {' '.join(steps[step])}", file=sys.stderr, flush=True)
-        results[step] = measured(steps[step], root / f"{step}.log")
+        results[step] = {**measured(steps[step], root / f"{step}.log"), "bench_command": results["command"]}
         folder = {"prune": root / "pruned", "repair": root / "repaired"}.get(step)
         if folder is not None:
             record = json.loads((folder / "depthprune.json").read_text(encoding="utf-8"))

@@ -84,6 +84,9 @@ def main(paths: list[str]) -> None:
                   f"{r['disk_read_bytes'] / GIB:.1f} GiB | {written} |")
         print()
     print("Commands:\n")
+    for c in dict.fromkeys(c for d in large for c in [d.get(k, {}).get("bench_command") for k in ("score", "prune", "repair")] if c):
+        print(f"    PYTHONPATH=src {c}")
+    commands = [c for c in commands if not large or c not in [d["command"] for d in large]]
     for c in commands:
         print(f"    PYTHONPATH=src {c}")
 
