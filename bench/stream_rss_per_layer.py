@@ -16,15 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scale_bench import rss_now
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def vm_rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def child(model: str, layers: int, samples: int, trim: bool) -> dict:
@@ -42,7 +36,7 @@ def child(model: str, layers: int, samples: int, trim: bool) -> dict:
     after: list[int] = []
     streamed_module.run_layer_metrics_streamed(
         streamed, from_tensors(ids, torch.ones_like(ids)), [make_metric("bi", streamed.num_layers)], batch_size=8,
-        progress=False, last_layer=layers - 1, after_layer=lambda i: after.append(vm_rss()))
+        progress=False, last_layer=layers - 1, after_layer=lambda i: after.append(rss_now()))
     return {"trim": trim, "rss_after_layer": after}
 
 
