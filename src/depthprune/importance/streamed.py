@@ -52,7 +52,7 @@ from depthprune.importance.loss_metrics import LayerCapture, _LayerCall, call_la
 from depthprune.importance.metrics import AngularDistance, LayerMetric
 from depthprune.arch.skeleton import layer_keys, meta_skeleton
 from depthprune.io.models import check_local_config
-from depthprune.io.safetensors import TensorEntry, checkpoint_shards, read_header, read_tensor
+from depthprune.io.safetensors import TensorEntry, checkpoint_shards, read_header, read_tensor, tensor_index
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,9 @@ class StreamedModel:
         self.layout = layout(self.model)
         self.layers = self.layout.layers(self.model)
         self.num_layers = len(self.layers)
-        self.where: dict[str, Path] = {}
-        self.entries: dict[str, TensorEntry] = {}
-        for shard in checkpoint_shards(self.model_dir):
-            for entry in read_header(shard)[0]:
-                self.where[entry.name] = shard
-                self.entries[entry.name] = entry
+        index = tensor_index(self.model_dir)
+        self.where: dict[str, Path] = {name: shard for name, (shard, _) in index.items()}
+        self.entries: dict[str, TensorEntry] = {name: entry for name, (_, entry) in index.items()}
         self.keys = layer_keys(self.config, list(self.where), self.model, trust_remote_code)
         self.layer_tensors: list[list[str]] = [[] for _ in range(self.num_layers)]
         other: list[str] = []

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM
 
 from depthprune.errors import DepthpruneError
 from depthprune.io.gguf import consistency_problems, read_header as read_gguf_header
-from depthprune.io.safetensors import checkpoint_shards, read_header, read_tensor
+from depthprune.io.safetensors import read_tensor, tensor_index
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def check_checkpoint(folder: Path, *, model=None, saved_dtype: str | None = None
 def check_tensors(folder: Path, expected: dict[str, torch.Tensor]) -> dict:
     """The tensors written from new values (not copied byte for byte) read back bit-identical from ``folder``."""
     started = time.perf_counter()
-    where = {e.name: (shard, e) for shard in checkpoint_shards(Path(folder)) for e in read_header(shard)[0]}
+    where = tensor_index(Path(folder))
     for name, value in expected.items():
         if name not in where:
             raise ReadbackError(f"the written checkpoint lacks {name}, which was written from a new value")

@@ -147,9 +147,14 @@ def checkpoint_shards(model_dir: Path) -> list[Path]:
                           "save_pretrained(..., safe_serialization=True) first")
 
 
+def tensor_index(model_dir: Path) -> dict[str, tuple[Path, TensorEntry]]:
+    """Every tensor of the checkpoint: its shard and its header entry (headers only)."""
+    return {e.name: (shard, e) for shard in checkpoint_shards(Path(model_dir)) for e in read_header(shard)[0]}
+
+
 def stored_names(model_dir: Path) -> set[str]:
     """Every tensor name the checkpoint's shards hold (headers only)."""
-    return {e.name for shard in checkpoint_shards(Path(model_dir)) for e in read_header(shard)[0]}
+    return set(tensor_index(model_dir))
 
 
 def read_tensor(path: Path, entry: TensorEntry) -> torch.Tensor:
@@ -180,4 +185,4 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
-__all__ = ["DTYPE_BYTES", "DTYPE_NAMES", "TORCH_DTYPES", "read_tensor", "stored_names", "tensor_bytes", "INDEX_NAME", "SINGLE_NAME", "TensorEntry", "checkpoint_shards", "read_header", "read_index"]
+__all__ = ["DTYPE_BYTES", "DTYPE_NAMES", "TORCH_DTYPES", "read_tensor", "stored_names", "tensor_bytes", "tensor_index", "INDEX_NAME", "SINGLE_NAME", "TensorEntry", "checkpoint_shards", "read_header", "read_index"]
